@@ -1,0 +1,233 @@
+package tiers
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// fakeCache is an in-memory l1; failing makes every call fail.
+type fakeCache struct {
+	mu      sync.Mutex
+	m       map[string]*Record
+	failing bool
+	local   bool
+}
+
+func (f *fakeCache) Get(_ context.Context, key string) (*Record, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failing {
+		return nil, false, errors.New("redis down")
+	}
+	return f.m[key], f.local, nil
+}
+
+func (f *fakeCache) Set(_ context.Context, key string, rec *Record, _ time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failing {
+		return errors.New("redis down")
+	}
+	f.m[key] = rec
+	return nil
+}
+
+// fakeTruth is an l2 that can hold every query until released.
+type fakeTruth struct {
+	rows    map[string]*Record // by raw token
+	err     error
+	queries atomic.Int64
+	gate    chan struct{} // when non-nil, Lookup waits for it to close
+}
+
+func (f *fakeTruth) Lookup(ctx context.Context, token string) (*Record, error) {
+	f.queries.Add(1)
+	if f.gate != nil {
+		select {
+		case <-f.gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if f.err != nil {
+		return nil, f.err
+	}
+	return f.rows[token], nil
+}
+
+func newTestReadThrough(cache *fakeCache, truth *fakeTruth, now func() time.Time) *ReadThrough {
+	return NewReadThrough(cache, truth, ReadThroughOptions{
+		RedisTimeout: time.Second, PostgresTimeout: time.Second, Now: now,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
+
+func TestReadThroughTiers(t *testing.T) {
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	rec := &Record{ID: "s1", UserID: "u1", ExpiresAt: now.Add(time.Hour)}
+	tests := []struct {
+		name       string
+		cached     bool
+		local      bool
+		redisDown  bool
+		pgErr      error
+		wantSource Source
+		wantReason Reason
+		wantErr    error
+		wantFill   bool
+	}{
+		{name: "local hit", cached: true, local: true, wantSource: SourceLocal},
+		{name: "redis hit", cached: true, wantSource: SourceRedis},
+		{name: "miss fills", wantSource: SourcePostgres, wantFill: true},
+		{name: "redis down: postgres answers", redisDown: true, wantSource: SourcePostgres},
+		{name: "postgres down, cached: answered", cached: true, pgErr: ErrUnavailable, wantSource: SourceRedis},
+		{name: "postgres down, not cached: unavailable", pgErr: ErrUnavailable, wantErr: ErrUnavailable},
+		{name: "both down: unavailable", redisDown: true, pgErr: ErrUnavailable, wantErr: ErrUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cache := &fakeCache{m: map[string]*Record{}, local: tt.local}
+			if tt.cached {
+				cache.m[Key(TokenHash("tok"))] = rec
+			}
+			truth := &fakeTruth{rows: map[string]*Record{"tok": rec}, err: tt.pgErr}
+			rt := newTestReadThrough(cache, truth, func() time.Time { return now })
+			cache.failing = tt.redisDown
+			res, err := rt.Validate(context.Background(), "tok")
+			if !errors.Is(err, tt.wantErr) || (err != nil) != (tt.wantErr != nil) {
+				t.Fatalf("err = %v, want %v", err, tt.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			if res.Source != tt.wantSource || res.Reason != tt.wantReason || res.Record != rec {
+				t.Errorf("got source %v reason %v record %p, want %v %v %p", res.Source, res.Reason, res.Record, tt.wantSource, tt.wantReason, rec)
+			}
+			cache.failing = false
+			if _, filled := cache.m[Key(TokenHash("tok"))]; tt.wantFill && !filled {
+				t.Error("miss did not fill the cache")
+			}
+			if tt.redisDown && rt.Counters().Errors.Load() == 0 {
+				t.Error("redis error not counted")
+			}
+		})
+	}
+}
+
+func TestReadThroughRechecksTimeOnHit(t *testing.T) {
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	clock := now
+	banEnd := now.Add(2 * time.Minute)
+	rec := &Record{ID: "s1", UserID: "u1", ExpiresAt: now.Add(5 * time.Minute), BannedUntil: &banEnd}
+	cache := &fakeCache{m: map[string]*Record{Key(TokenHash("tok")): rec}, local: true}
+	rt := newTestReadThrough(cache, &fakeTruth{}, func() time.Time { return clock })
+	for _, step := range []struct {
+		at   time.Time
+		want Reason
+	}{
+		{now, ReasonUserBanned},
+		{banEnd.Add(time.Second), ReasonNone},      // the ban lapsed
+		{now.Add(5 * time.Minute), ReasonExpired},  // expiry is exclusive
+		{now.Add(10 * time.Minute), ReasonExpired}, // and stays so
+	} {
+		clock = step.at
+		res, err := rt.Validate(context.Background(), "tok")
+		if err != nil || res.Reason != step.want || res.Source != SourceLocal {
+			t.Errorf("at %v: %v %v %v, want %v from local", step.at.Sub(now), res.Reason, res.Source, err, step.want)
+		}
+	}
+}
+
+func TestReadThroughCoalescesMisses(t *testing.T) {
+	// synctest.Wait returns once every caller is durably blocked: one inside
+	// the held query, the others waiting on it. Only then is the query let go.
+	synctest.Test(t, func(t *testing.T) {
+		const callers = 50
+		rec := &Record{ID: "s1", UserID: "u1", ExpiresAt: time.Now().Add(time.Hour)}
+		truth := &fakeTruth{rows: map[string]*Record{"tok": rec}, gate: make(chan struct{})}
+		cache := &fakeCache{m: map[string]*Record{}}
+		rt := newTestReadThrough(cache, truth, nil)
+
+		results := make(chan Result, callers)
+		var wg sync.WaitGroup
+		for range callers {
+			wg.Go(func() {
+				res, err := rt.Validate(context.Background(), "tok")
+				if err != nil {
+					t.Error(err)
+				}
+				results <- res
+			})
+		}
+		synctest.Wait()
+		close(truth.gate)
+		wg.Wait()
+		close(results)
+		for res := range results {
+			if res.Record != rec || res.Source != SourcePostgres {
+				t.Errorf("caller got source %v record %p", res.Source, res.Record)
+			}
+		}
+		if q := truth.queries.Load(); q != 1 {
+			t.Errorf("%d concurrent misses made %d postgres queries, want 1", callers, q)
+		}
+	})
+}
+
+func TestReadThroughCallerLeavesOthersStay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := &Record{ID: "s1", UserID: "u1", ExpiresAt: time.Now().Add(time.Hour)}
+		truth := &fakeTruth{rows: map[string]*Record{"tok": rec}, gate: make(chan struct{})}
+		rt := newTestReadThrough(&fakeCache{m: map[string]*Record{}}, truth, nil)
+
+		leaver, leave := context.WithCancel(context.Background())
+		leaverErr := make(chan error, 1)
+		go func() {
+			_, err := rt.Validate(leaver, "tok")
+			leaverErr <- err
+		}()
+		stayer := make(chan Result, 1)
+		go func() {
+			res, _ := rt.Validate(context.Background(), "tok")
+			stayer <- res
+		}()
+		synctest.Wait()
+		leave()
+		if err := <-leaverErr; !errors.Is(err, context.Canceled) {
+			t.Errorf("leaver got %v, want context.Canceled", err)
+		}
+		close(truth.gate)
+		if res := <-stayer; res.Record != rec {
+			t.Errorf("the caller who stayed got %+v, want the session", res)
+		}
+	})
+}
+
+func TestReadThroughPostgresTimeoutIsUnavailable(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		truth := &fakeTruth{gate: make(chan struct{})} // never answers
+		rt := newTestReadThrough(&fakeCache{m: map[string]*Record{}}, truth, nil)
+		_, err := rt.Validate(context.Background(), "tok")
+		if !errors.Is(err, ErrUnavailable) {
+			t.Errorf("a hung postgres gave %v, want ErrUnavailable", err)
+		}
+	})
+}
+
+func TestReadThroughRefusesBadTokensBeforeAnyTier(t *testing.T) {
+	cache := &fakeCache{m: map[string]*Record{}}
+	truth := &fakeTruth{}
+	rt := newTestReadThrough(cache, truth, nil)
+	if _, err := rt.Validate(context.Background(), "bad\ntoken\x00"); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("err = %v", err)
+	}
+	if truth.queries.Load() != 0 || len(cache.m) != 0 {
+		t.Error("a malformed token reached a tier")
+	}
+}

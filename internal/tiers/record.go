@@ -1,0 +1,161 @@
+// Package tiers holds sessiond's two storage tiers, Redis (L1, with rueidis's
+// client-side cache in front of it) and Postgres (L2, the source of truth),
+// and the read-through that joins them. It also holds the one validity rule
+// that every tier's answer goes through.
+package tiers
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// MaxTokenLen is the longest token accepted, in bytes.
+const MaxTokenLen = 512
+
+// KeyPrefix starts every Redis key that sessiond writes.
+const KeyPrefix = "session:"
+
+// ErrInvalidToken is returned, wrapped, for a token that cannot be a token:
+// empty, too long, or with bytes outside printable ASCII. Such a token is
+// refused before any tier is asked, so it never reaches Redis or Postgres.
+var ErrInvalidToken = errors.New("invalid token")
+
+// ErrUnavailable is returned, wrapped, when the answer cannot be known: the
+// session is not cached and Postgres cannot be reached.
+var ErrUnavailable = errors.New("session store unavailable")
+
+// Reason says why a session is not valid. The zero value means valid.
+type Reason int
+
+const (
+	ReasonNone Reason = iota
+	ReasonNotFound
+	ReasonExpired
+	ReasonUserDeleted
+	ReasonUserBanned
+)
+
+func (r Reason) String() string {
+	switch r {
+	case ReasonNone:
+		return "valid"
+	case ReasonNotFound:
+		return "not_found"
+	case ReasonExpired:
+		return "expired"
+	case ReasonUserDeleted:
+		return "user_deleted"
+	case ReasonUserBanned:
+		return "user_banned"
+	}
+	return fmt.Sprintf("reason(%d)", int(r))
+}
+
+// Source says which tier produced an answer.
+type Source int
+
+const (
+	SourceNone Source = iota
+	SourceLocal
+	SourceRedis
+	SourcePostgres
+)
+
+func (s Source) String() string {
+	switch s {
+	case SourceLocal:
+		return "local"
+	case SourceRedis:
+		return "redis"
+	case SourcePostgres:
+		return "postgres"
+	}
+	return "none"
+}
+
+// Record is a session joined with its user: what both tiers hold. Nullable
+// columns are pointers, nil for NULL. It never holds the token.
+type Record struct {
+	ID             string
+	UserID         string
+	ExpiresAt      time.Time
+	LastActivityAt time.Time
+	CreatedAt      time.Time
+	IPAddress      *string
+	UserAgent      *string
+	Email          string
+	FirstName      *string
+	LastName       *string
+	Username       *string
+	DeletedAt      *time.Time
+	BannedUntil    *time.Time
+}
+
+// Check is the validity rule, the same for every tier: a session is valid iff
+// it has not expired, its user is not deleted, and its user is not banned at
+// now. A ban ends when banned_until passes (the guide's `banned_until IS
+// NULL` made every ban permanent). When several reasons hold, the most
+// lasting one is reported: deleted, then banned, then expired.
+func Check(r *Record, now time.Time) Reason {
+	switch {
+	case r == nil:
+		return ReasonNotFound
+	case r.DeletedAt != nil:
+		return ReasonUserDeleted
+	case r.BannedUntil != nil && r.BannedUntil.After(now):
+		return ReasonUserBanned
+	case !r.ExpiresAt.After(now):
+		return ReasonExpired
+	}
+	return ReasonNone
+}
+
+// CheckToken refuses what cannot be a token. Printable ASCII is 0x20-0x7E.
+// The error never repeats the token.
+func CheckToken(token string) error {
+	if token == "" {
+		return fmt.Errorf("%w: empty", ErrInvalidToken)
+	}
+	if len(token) > MaxTokenLen {
+		return fmt.Errorf("%w: %d bytes, longer than %d", ErrInvalidToken, len(token), MaxTokenLen)
+	}
+	for i := 0; i < len(token); i++ {
+		if c := token[i]; c < 0x20 || c > 0x7e {
+			return fmt.Errorf("%w: byte %d is 0x%02x, outside printable ASCII", ErrInvalidToken, i, c)
+		}
+	}
+	return nil
+}
+
+// TokenHash is the lowercase hex SHA-256 of a token: what the application
+// stores in user_sessions.token, and what names the session in Redis.
+func TokenHash(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+// Key is the Redis key of the session whose token hashes to hash.
+func Key(hash string) string { return KeyPrefix + hash }
+
+// ttlFor is how long a cache entry for r may live when written at now:
+// min(ttl, time left until the session expires). Zero or less means the
+// entry must not be written.
+func ttlFor(r *Record, now time.Time, ttl time.Duration) time.Duration {
+	return min(ttl, r.ExpiresAt.Sub(now))
+}
+
+// RowKey is the Redis key for a session row whose token column holds stored:
+// the same key that Key(TokenHash(raw)) gives for the raw token a client
+// presents, so an entry warmed from the database is found by the next
+// lookup. With hash storage the column already is the hash (lowercased here,
+// as a hex digest may have been written in capitals).
+func RowKey(stored string, storage TokenStorage) string {
+	if storage == TokenStoragePlain {
+		return Key(TokenHash(stored))
+	}
+	return Key(strings.ToLower(stored))
+}
