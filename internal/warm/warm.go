@@ -1,0 +1,380 @@
+// Package warm loads recently active sessions from Postgres into Redis before
+// callers ask for them, so that a fresh instance answers from cache at once.
+// One run goes at a time per process; callers who ask while one runs join it.
+package warm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sessiond/sessiond/internal/tiers"
+)
+
+// ErrPostgres and ErrRedis wrap the error that failed a run, saying which
+// side failed: a startup run that fails on Postgres is retried (sessiond
+// cannot answer anything uncached), one that fails on Redis is not (Postgres
+// answers meanwhile).
+var (
+	ErrPostgres = errors.New("postgres")
+	ErrRedis    = errors.New("redis")
+)
+
+// Config is a warming run's settings; Request fields override some per run.
+type Config struct {
+	Count      int           // sessions per run, most recently active first
+	BatchSize  int           // sessions per pipelined Redis write
+	BatchDelay time.Duration // pause between batches, 0 for none
+	Window     time.Duration // only sessions active within it
+	Timeout    time.Duration // bound on a whole run
+	Storage    tiers.TokenStorage
+}
+
+// Request is one caller's ask. Zero fields take the Config's values.
+type Request struct {
+	Count      int
+	BatchSize  int
+	BatchDelay *time.Duration
+}
+
+// Outcome is how a run ended.
+type Outcome int
+
+const (
+	Running Outcome = iota
+	Completed
+	TimedOut
+	Canceled
+	Failed
+)
+
+func (o Outcome) String() string {
+	return [...]string{"running", "completed", "timed_out", "canceled", "failed"}[o]
+}
+
+// Progress is a snapshot of a run.
+type Progress struct {
+	RunID      string
+	Total      int // sessions found to warm
+	Warmed     int
+	Failed     int
+	Batches    int
+	Done       bool
+	Outcome    Outcome
+	Err        error // why the run failed; wraps ErrPostgres or ErrRedis
+	StartedAt  time.Time
+	FinishedAt time.Time // zero while running
+	Elapsed    time.Duration
+}
+
+// EstimatedHitRate is warmed / found as a percentage, as the guide defines
+// it; 0 when nothing was found.
+func (p Progress) EstimatedHitRate() float64 {
+	if p.Total == 0 {
+		return 0
+	}
+	return 100 * float64(p.Warmed) / float64(p.Total)
+}
+
+// db is what warming needs of Postgres.
+type db interface {
+	BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error)
+}
+
+// cache is what warming needs of Redis.
+type cache interface {
+	SetMany(ctx context.Context, entries []tiers.Entry, now time.Time) []error
+}
+
+var _ cache = (*tiers.Redis)(nil)
+
+// Warmer runs warming, one run at a time.
+type Warmer struct {
+	db    db
+	cache cache
+	cfg   Config
+	log   *slog.Logger
+	base  context.Context // runs live as long as this, not as long as a caller
+
+	mu      sync.Mutex
+	current *Run // the running run, nil when none
+	last    *Run // the latest run, running or not
+}
+
+// New returns a Warmer. Runs are bounded by base (the server's lifetime)
+// and by cfg.Timeout, never by the context of the call that started them.
+func New(base context.Context, d db, c cache, cfg Config, log *slog.Logger) *Warmer {
+	return &Warmer{db: d, cache: c, cfg: cfg, log: log, base: base}
+}
+
+// Config returns the settings.
+func (w *Warmer) Config() Config { return w.cfg }
+
+// Last returns the latest run's progress, and false when none has started.
+func (w *Warmer) Last() (Progress, bool) {
+	w.mu.Lock()
+	r := w.last
+	w.mu.Unlock()
+	if r == nil {
+		return Progress{}, false
+	}
+	return r.Snapshot(), true
+}
+
+// Start starts a run, or returns the one already running (joined=true),
+// whose settings then stand. A run started with held=true is held by its
+// starter until it ends (the server's own runs); otherwise it lives while
+// anyone watches it: when its last watcher leaves, it is cancelled.
+func (w *Warmer) Start(req Request, held bool) (r *Run, joined bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.current != nil {
+		return w.current, true
+	}
+	cfg := w.cfg
+	if req.Count > 0 {
+		cfg.Count = req.Count
+	}
+	if req.BatchSize > 0 {
+		cfg.BatchSize = req.BatchSize
+	}
+	if req.BatchDelay != nil {
+		cfg.BatchDelay = max(0, *req.BatchDelay)
+	}
+	ctx, cancel := context.WithTimeoutCause(w.base, cfg.Timeout, errTimeout)
+	r = newRun(newRunID(), cancel, held)
+	w.current, w.last = r, r
+	go func() {
+		defer cancel()
+		w.run(ctx, r, cfg)
+		w.mu.Lock()
+		w.current = nil
+		w.mu.Unlock()
+	}()
+	return r, false
+}
+
+var errTimeout = errors.New("warming run hit its time limit")
+
+func newRunID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// warmable is the warming query's filter, the validity rule of
+// tiers.Check in SQL plus the activity window. $1 is the window in seconds.
+const warmable = `
+FROM platform.user_sessions s
+JOIN platform.users u ON u.id = s.user_id
+WHERE s.expires_at > now()
+  AND u.deleted_at IS NULL
+  AND (u.banned_until IS NULL OR u.banned_until <= now())
+  AND s.last_activity_at > now() - make_interval(secs => $1)`
+
+const (
+	countSQL = `SELECT count(*) FROM (SELECT 1 ` + warmable + ` LIMIT $2) w`
+	rowsSQL  = `SELECT s.token, ` + tiers.Columns + warmable + `
+ORDER BY s.last_activity_at DESC
+LIMIT $2`
+)
+
+// Estimate counts the sessions a run of count would warm, writing nothing:
+// the guide's estimateWarmableSessionCount.
+func (w *Warmer) Estimate(ctx context.Context, count int) (int, error) {
+	if count <= 0 {
+		count = w.cfg.Count
+	}
+	tx, err := w.db.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrPostgres, err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
+	var n int
+	if err := tx.QueryRow(ctx, countSQL, w.cfg.Window.Seconds(), count).Scan(&n); err != nil {
+		return 0, fmt.Errorf("%w: count warmable sessions: %w", ErrPostgres, err)
+	}
+	return n, nil
+}
+
+// run does one warming run and publishes its progress.
+func (w *Warmer) run(ctx context.Context, r *Run, cfg Config) {
+	log := w.log.With("run_id", r.id)
+	log.Info(fmt.Sprintf("[CacheWarming] Starting cache warming for up to %d sessions", cfg.Count),
+		"count", cfg.Count, "batch_size", cfg.BatchSize, "batch_delay", cfg.BatchDelay.String(), "window", cfg.Window.String())
+	err := w.warm(ctx, r, cfg, log)
+	p := r.finish(outcomeOf(ctx, err), err)
+	switch p.Outcome {
+	case Completed:
+		log.Info(fmt.Sprintf("[CacheWarming] Completed in %dms - Warmed: %d/%d (%.2f%% estimated hit rate) - Failed: %d",
+			p.Elapsed.Milliseconds(), p.Warmed, p.Total, p.EstimatedHitRate(), p.Failed),
+			"duration_ms", p.Elapsed.Milliseconds(), "warmed", p.Warmed, "total", p.Total, "failed", p.Failed,
+			"estimated_hit_rate", p.EstimatedHitRate(), "outcome", p.Outcome.String())
+	default:
+		log.Warn(fmt.Sprintf("[CacheWarming] Stopped (%s) after %dms - Warmed: %d/%d - Failed: %d", p.Outcome, p.Elapsed.Milliseconds(), p.Warmed, p.Total, p.Failed),
+			"duration_ms", p.Elapsed.Milliseconds(), "warmed", p.Warmed, "total", p.Total, "failed", p.Failed,
+			"estimated_hit_rate", p.EstimatedHitRate(), "outcome", p.Outcome.String(), "error", errString(p.Err))
+	}
+}
+
+func outcomeOf(ctx context.Context, err error) Outcome {
+	switch {
+	case errors.Is(context.Cause(ctx), errTimeout):
+		return TimedOut
+	case ctx.Err() != nil:
+		return Canceled
+	case err != nil:
+		return Failed
+	}
+	return Completed
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// warm counts and streams the warmable rows in one read-only snapshot (so
+// the count announced first is the number of rows that follow), and writes
+// them to Redis batch by batch. Reading the next batch overlaps writing the
+// previous one. It returns nil when every row was attempted.
+func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, log *slog.Logger) error {
+	tx, err := w.db.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return fmt.Errorf("%w: begin: %w", ErrPostgres, err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
+	var total int
+	if err := tx.QueryRow(ctx, countSQL, cfg.Window.Seconds(), cfg.Count).Scan(&total); err != nil {
+		return fmt.Errorf("%w: count warmable sessions: %w", ErrPostgres, err)
+	}
+	r.found(total)
+	log.Info(fmt.Sprintf("[CacheWarming] Found %d active sessions to warm", total), "total", total)
+	if total == 0 {
+		return nil
+	}
+
+	rows, err := tx.Query(ctx, rowsSQL, cfg.Window.Seconds(), cfg.Count)
+	if err != nil {
+		return fmt.Errorf("%w: query warmable sessions: %w", ErrPostgres, err)
+	}
+	defer rows.Close()
+
+	// Two batches in flight at most: one being filled from the rows, one
+	// being written. Rows are streamed, never all held.
+	batches := make(chan []tiers.Entry, 1)
+	free := make(chan []tiers.Entry, 2)
+	for range 2 {
+		free <- make([]tiers.Entry, 0, cfg.BatchSize)
+	}
+	// A writer that gives up (Redis down) stops the reader through rctx.
+	rctx, stopReading := context.WithCancel(ctx)
+	defer stopReading()
+	writeErr := make(chan error, 1)
+	go func() {
+		err := w.write(ctx, r, cfg, batches, free, log)
+		if err != nil {
+			stopReading()
+		}
+		writeErr <- err
+	}()
+
+	readErr := func() error {
+		defer close(batches)
+		batch := <-free
+		for rows.Next() {
+			rec := new(tiers.Record)
+			var stored string
+			if err := rows.Scan(append([]any{&stored}, tiers.RecordDest(rec)...)...); err != nil {
+				return fmt.Errorf("%w: read session row: %w", ErrPostgres, err)
+			}
+			batch = append(batch, tiers.Entry{Key: tiers.RowKey(stored, cfg.Storage), Record: tiers.Normalize(rec)})
+			if len(batch) == cfg.BatchSize {
+				select {
+				case batches <- batch:
+				case <-rctx.Done():
+					return rctx.Err()
+				}
+				select {
+				case batch = <-free:
+				case <-rctx.Done():
+					return rctx.Err()
+				}
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("%w: read session rows: %w", ErrPostgres, err)
+		}
+		if len(batch) > 0 {
+			select {
+			case batches <- batch:
+			case <-rctx.Done():
+				return rctx.Err()
+			}
+		}
+		return nil
+	}()
+	werr := <-writeErr
+	if werr != nil {
+		return werr // the writer stopping made the reader stop too
+	}
+	return readErr
+}
+
+// write writes batches as they come, pausing BatchDelay between them. A
+// batch whose every entry failed means Redis is down: the run fails.
+func (w *Warmer) write(ctx context.Context, r *Run, cfg Config, batches <-chan []tiers.Entry, free chan<- []tiers.Entry, log *slog.Logger) error {
+	first := true
+	for batch := range batches {
+		if !first && cfg.BatchDelay > 0 {
+			t := time.NewTimer(cfg.BatchDelay)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			}
+		}
+		first = false
+		errs := w.cache.SetMany(ctx, batch, time.Now())
+		failed, firstErr := 0, error(nil)
+		for _, e := range errs {
+			if e != nil {
+				failed++
+				if firstErr == nil {
+					firstErr = e
+				}
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		p := r.batchDone(len(batch)-failed, failed)
+		log.Info(fmt.Sprintf("[CacheWarming] Progress: %d/%d (%d%%) - Failed: %d", p.Warmed+p.Failed, p.Total, percent(p.Warmed+p.Failed, p.Total), p.Failed),
+			"done", p.Warmed+p.Failed, "total", p.Total, "failed", p.Failed, "batch", p.Batches)
+		if failed == len(batch) {
+			return fmt.Errorf("%w: %w", ErrRedis, firstErr)
+		}
+		if failed > 0 {
+			log.Warn("[CacheWarming] some sessions could not be written", "failed", failed, "error", firstErr)
+		}
+		free <- batch[:0]
+	}
+	return nil
+}
+
+func percent(n, total int) int {
+	if total == 0 {
+		return 100
+	}
+	return n * 100 / total
+}
