@@ -1,0 +1,200 @@
+// Package config is sessiond's configuration: one struct, one place for
+// defaults, flags and environment variables filling the same fields, and one
+// validation that names the bad setting.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/sessiond/sessiond/internal/tiers"
+)
+
+// Config is everything `sessiond serve` can be told.
+type Config struct {
+	GRPCAddr    string
+	DatabaseURL string
+	RedisURL    string
+
+	TokenStorage    string
+	CacheTTL        time.Duration
+	LocalCache      bool
+	LocalCacheMiB   int
+	RedisTimeout    time.Duration
+	RedisHealthWait time.Duration
+	PostgresTimeout time.Duration
+	PoolSize        int
+
+	WarmOnStart     bool
+	WarmCount       int
+	WarmBatchSize   int
+	WarmBatchDelay  time.Duration
+	WarmWindow      time.Duration
+	WarmTimeout     time.Duration
+	RewarmInterval  time.Duration
+	RewarmThreshold float64
+
+	ShutdownTimeout time.Duration
+	LogFormat       string
+	LogLevel        string
+}
+
+// Default is the one place defaults live; flag defaults are read from it.
+func Default() Config {
+	return Config{
+		GRPCAddr:        ":50051",
+		TokenStorage:    string(tiers.TokenStorageHash),
+		CacheTTL:        5 * time.Minute,
+		LocalCache:      true,
+		LocalCacheMiB:   64,
+		RedisTimeout:    250 * time.Millisecond,
+		RedisHealthWait: 2 * time.Second,
+		PostgresTimeout: 2 * time.Second,
+		PoolSize:        8,
+		WarmOnStart:     true,
+		WarmCount:       1000,
+		WarmBatchSize:   100,
+		WarmBatchDelay:  50 * time.Millisecond,
+		WarmWindow:      24 * time.Hour,
+		WarmTimeout:     5 * time.Minute,
+		RewarmInterval:  time.Hour,
+		RewarmThreshold: 85,
+		ShutdownTimeout: 15 * time.Second,
+		LogFormat:       "json",
+		LogLevel:        "info",
+	}
+}
+
+// envNames maps flags to the environment variables that also set them. The
+// guide's REDIS_URL and DATABASE_URL and the issue's GRPC_ADDR keep their
+// names; every other setting is SESSIOND_<FLAG>, so that a generic name
+// (CACHE_TTL, POOL_SIZE) set for another program on the host cannot leak in.
+func envName(flagName string) string {
+	switch flagName {
+	case "database-url", "redis-url", "grpc-addr":
+		return strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+	}
+	return "SESSIOND_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// RegisterFlags binds c's fields to flags on fs, with c's current values as
+// defaults.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.GRPCAddr, "grpc-addr", c.GRPCAddr, "gRPC listen address")
+	fs.StringVar(&c.DatabaseURL, "database-url", c.DatabaseURL, "Postgres URL (source of truth; sslmode etc. in the URL)")
+	fs.StringVar(&c.RedisURL, "redis-url", c.RedisURL, "Redis URL: redis://, rediss:// (TLS) or unix://")
+	fs.StringVar(&c.TokenStorage, "token-storage", c.TokenStorage, "what user_sessions.token holds: hash (hex SHA-256 of the token) or plain")
+	fs.DurationVar(&c.CacheTTL, "cache-ttl", c.CacheTTL, "longest life of a cache entry (never past the session's expiry)")
+	fs.BoolVar(&c.LocalCache, "local-cache", c.LocalCache, "serve hot sessions from the in-process client-side cache that Redis invalidates")
+	fs.IntVar(&c.LocalCacheMiB, "local-cache-mib", c.LocalCacheMiB, "client-side cache size per Redis connection, MiB")
+	fs.DurationVar(&c.RedisTimeout, "redis-timeout", c.RedisTimeout, "bound on each Redis call (a slower answer counts as a miss)")
+	fs.DurationVar(&c.RedisHealthWait, "redis-conn-timeout", c.RedisHealthWait, "how long a silent Redis connection is trusted before it and its local cache are dropped")
+	fs.DurationVar(&c.PostgresTimeout, "postgres-timeout", c.PostgresTimeout, "bound on each Postgres query (past it the answer is UNAVAILABLE)")
+	fs.IntVar(&c.PoolSize, "pool-size", c.PoolSize, "Postgres connection pool size")
+	fs.BoolVar(&c.WarmOnStart, "warm-on-start", c.WarmOnStart, "warm the cache at start; health is NOT_SERVING until that run ends")
+	fs.IntVar(&c.WarmCount, "warm-count", c.WarmCount, "sessions to warm per run, most recently active first")
+	fs.IntVar(&c.WarmBatchSize, "warm-batch-size", c.WarmBatchSize, "sessions per pipelined Redis batch when warming")
+	fs.DurationVar(&c.WarmBatchDelay, "warm-batch-delay", c.WarmBatchDelay, "pause between warming batches (0 for none)")
+	fs.DurationVar(&c.WarmWindow, "warm-window", c.WarmWindow, "warm sessions active within this window")
+	fs.DurationVar(&c.WarmTimeout, "warm-timeout", c.WarmTimeout, "bound on one warming run")
+	fs.DurationVar(&c.RewarmInterval, "rewarm-interval", c.RewarmInterval, "how often to check the hit rate and re-warm below the threshold (0 = never)")
+	fs.Float64Var(&c.RewarmThreshold, "rewarm-threshold", c.RewarmThreshold, "hit rate (percent) under which a periodic check re-warms")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long in-flight calls may take to finish on SIGTERM")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: json or text")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
+}
+
+// Parse sets fs's flags from the environment (through getenv) and then from
+// args, so a flag beats its variable. Each flag's variable is listed in its
+// usage. A bad value names the setting and where it came from. The standard
+// library's flag package plus this loop is all it takes: config libraries
+// derive variable names from flag names with one fixed prefix and read the
+// process environment directly, and sessiond needs both the guide's
+// unprefixed names and an injectable environment for tests.
+func Parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envName(f.Name)
+		f.Usage += " [$" + name + "]"
+		if v := getenv(name); v != "" {
+			if err := f.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("invalid $%s %q (--%s): %w", name, v, f.Name, err))
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return fs.Parse(args)
+}
+
+// Validate checks the settings together; each error names the setting.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(flagName, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("invalid --%s ($%s): %s", flagName, envName(flagName), fmt.Sprintf(format, a...)))
+	}
+	if c.DatabaseURL == "" {
+		bad("database-url", "required (a postgres:// URL)")
+	} else if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		bad("database-url", "want a postgres:// or postgresql:// URL")
+	}
+	if c.RedisURL == "" {
+		bad("redis-url", "required (a redis://, rediss:// or unix:// URL)")
+	} else if _, err := tiers.ClientOption(c.RedisURL, tiers.RedisOptions{}); err != nil {
+		bad("redis-url", "%v", err)
+	}
+	switch tiers.TokenStorage(c.TokenStorage) {
+	case tiers.TokenStorageHash, tiers.TokenStoragePlain:
+	default:
+		bad("token-storage", "%q: want hash or plain", c.TokenStorage)
+	}
+	positive := []struct {
+		name string
+		d    time.Duration
+	}{
+		{"cache-ttl", c.CacheTTL}, {"redis-timeout", c.RedisTimeout}, {"redis-conn-timeout", c.RedisHealthWait},
+		{"postgres-timeout", c.PostgresTimeout}, {"warm-window", c.WarmWindow}, {"warm-timeout", c.WarmTimeout},
+		{"shutdown-timeout", c.ShutdownTimeout},
+	}
+	for _, p := range positive {
+		if p.d <= 0 {
+			bad(p.name, "%s: must be positive", p.d)
+		}
+	}
+	if c.CacheTTL > 0 && c.CacheTTL < time.Millisecond {
+		bad("cache-ttl", "%s: Redis expiries are in milliseconds", c.CacheTTL)
+	}
+	if c.WarmBatchDelay < 0 {
+		bad("warm-batch-delay", "%s: must not be negative", c.WarmBatchDelay)
+	}
+	if c.RewarmInterval < 0 {
+		bad("rewarm-interval", "%s: must not be negative (0 turns it off)", c.RewarmInterval)
+	}
+	for _, p := range []struct {
+		name string
+		n    int
+	}{{"pool-size", c.PoolSize}, {"warm-count", c.WarmCount}, {"warm-batch-size", c.WarmBatchSize}, {"local-cache-mib", c.LocalCacheMiB}} {
+		if p.n <= 0 {
+			bad(p.name, "%d: must be positive", p.n)
+		}
+	}
+	if c.RewarmThreshold < 0 || c.RewarmThreshold > 100 {
+		bad("rewarm-threshold", "%g: want a percentage, 0 to 100", c.RewarmThreshold)
+	}
+	switch c.LogFormat {
+	case "json", "text":
+	default:
+		bad("log-format", "%q: want json or text", c.LogFormat)
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log-level", "%q: want debug, info, warn or error", c.LogLevel)
+	}
+	return errors.Join(errs...)
+}

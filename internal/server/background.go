@@ -1,0 +1,103 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+
+	"github.com/sessiond/sessiond/internal/warm"
+)
+
+// startBackground starts the startup warm (which alone turns health to
+// SERVING) and the periodic re-warm.
+func (s *Server) startBackground() {
+	if s.cfg.WarmOnStart {
+		s.background.Go(func() { s.warmOnStart(s.bg) })
+	} else {
+		s.setServing(true)
+	}
+	if s.cfg.RewarmInterval > 0 {
+		s.background.Go(func() { s.rewarmLoop(s.bg) })
+	}
+}
+
+// errRetryWarm marks a startup run worth running again.
+var errRetryWarm = errors.New("startup warm must be retried")
+
+// warmOnStart runs the startup warm and turns health to SERVING when it ends:
+// done, timed out, or failed on Redis (Postgres answers meanwhile, so the
+// instance is useful). When Postgres cannot be reached, nothing uncached can
+// be answered: health stays NOT_SERVING and the warm is retried with
+// exponential backoff until it gets through or the server stops.
+func (s *Server) warmOnStart(ctx context.Context) {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.MaxInterval = 200*time.Millisecond, 10*time.Second
+	p, err := backoff.Retry(ctx, func() (warm.Progress, error) {
+		run, _ := s.warmer.Start(warm.Request{}, true)
+		select {
+		case <-run.Done():
+		case <-ctx.Done():
+			return warm.Progress{}, backoff.Permanent(ctx.Err())
+		}
+		p := run.Snapshot()
+		switch {
+		case p.Outcome == warm.Failed && errors.Is(p.Err, warm.ErrPostgres):
+			s.log.Warn("startup warm: postgres unreachable; staying NOT_SERVING and retrying", "error", p.Err)
+			return p, errRetryWarm
+		case p.Outcome == warm.Canceled && ctx.Err() == nil:
+			// It joined a run started by a caller who then hung up.
+			return p, errRetryWarm
+		}
+		return p, nil
+	}, backoff.WithBackOff(b), backoff.WithMaxElapsedTime(0))
+	if err != nil {
+		return // shutting down
+	}
+	if p.Outcome == warm.Failed {
+		s.log.Warn("startup warm failed on redis; SERVING from postgres until redis is back", "error", p.Err)
+	}
+	s.setServing(true)
+	s.log.Info("ready: health SERVING", "warm_outcome", p.Outcome.String(), "warmed", p.Warmed, "total", p.Total)
+}
+
+// rewarmLoop checks the hit rate every RewarmInterval and re-warms below the
+// threshold, as the guide's periodic re-warming does.
+func (s *Server) rewarmLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.RewarmInterval)
+	defer t.Stop()
+	var last HitCount
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			last = s.RewarmOnce(last)
+		}
+	}
+}
+
+// HitCount is a reading of the answer counters.
+type HitCount struct{ hits, answers int64 }
+
+// RewarmOnce compares the counters with the previous reading, starts a
+// background warm if the hit rate since then is under the threshold, and
+// returns the new reading. With no answers since, there is nothing to judge
+// and it does nothing.
+func (s *Server) RewarmOnce(prev HitCount) HitCount {
+	st := s.stats()
+	hits := st.LocalHits + st.RedisHits + st.NegativeHits
+	now := HitCount{hits: hits, answers: hits + st.Misses}
+	answers := now.answers - prev.answers
+	if answers <= 0 {
+		return now
+	}
+	rate := 100 * float64(now.hits-prev.hits) / float64(answers)
+	if rate < s.cfg.RewarmThreshold {
+		run, joined := s.warmer.Start(warm.Request{}, true)
+		s.log.Info("hit rate under threshold: re-warming", "hit_rate", rate, "threshold", s.cfg.RewarmThreshold,
+			"answers", answers, "run_id", run.ID(), "joined_running", joined)
+	}
+	return now
+}

@@ -1,0 +1,205 @@
+// Package server builds a sessiond server from its configuration and runs it:
+// the tiers, the gRPC service with health and reflection, the background
+// work, and the ordered shutdown. Production (cmd/sessiond) and tests use the
+// same New and Run.
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	sessiondv1 "github.com/sessiond/sessiond/gen/sessiond/v1"
+	"github.com/sessiond/sessiond/internal/config"
+	"github.com/sessiond/sessiond/internal/service"
+	"github.com/sessiond/sessiond/internal/tiers"
+	"github.com/sessiond/sessiond/internal/warm"
+)
+
+// ServiceName is the health-check name of SessionService.
+const ServiceName = "sessiond.v1.SessionService"
+
+// Limits on what one client may ask of the server.
+const (
+	maxRecvMsgSize       = 1 << 20 // InvalidateSessions may carry many tokens; nothing else comes close
+	maxConcurrentStreams = 1024
+)
+
+// Server is a built, not yet running, sessiond.
+type Server struct {
+	cfg    config.Config
+	log    *slog.Logger
+	pool   *pgxpool.Pool
+	redis  *tiers.Redis
+	rt     *tiers.ReadThrough
+	warmer *warm.Warmer
+	waits  *poolWaits
+	grpc   *grpc.Server
+	health *health.Server
+
+	bg             context.Context
+	stopBackground context.CancelFunc
+	background     sync.WaitGroup
+}
+
+// New builds a server from cfg. Neither Postgres nor Redis needs to be up:
+// the pool connects on demand, and Redis is retried in the background (see
+// tiers.ConnectRedis). ctx bounds the background work started here.
+func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("invalid --database-url: %w", err)
+	}
+	pcfg.MaxConns = int32(cfg.PoolSize)
+	if pcfg.ConnConfig.ConnectTimeout == 0 || pcfg.ConnConfig.ConnectTimeout > cfg.PostgresTimeout {
+		pcfg.ConnConfig.ConnectTimeout = cfg.PostgresTimeout
+	}
+	if _, ok := pcfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		pcfg.ConnConfig.RuntimeParams["application_name"] = "sessiond"
+	}
+	waits := &poolWaits{}
+	pcfg.ConnConfig.Tracer = waits
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres pool: %w", err)
+	}
+
+	// Background work (Redis reconnection, warming) lives until shutdown,
+	// whatever happens to the ctx New was called with.
+	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s := &Server{cfg: cfg, log: log, pool: pool, waits: waits, bg: bg, stopBackground: stop}
+	s.redis, err = tiers.ConnectRedis(bg, cfg.RedisURL, tiers.RedisOptions{
+		TTL:              cfg.CacheTTL,
+		LocalCache:       cfg.LocalCache,
+		LocalCacheBytes:  cfg.LocalCacheMiB << 20,
+		ConnWriteTimeout: cfg.RedisHealthWait,
+		DialTimeout:      cfg.PostgresTimeout,
+	}, log)
+	if err != nil {
+		stop()
+		pool.Close()
+		return nil, fmt.Errorf("invalid --redis-url: %w", err)
+	}
+	s.rt = tiers.NewReadThrough(s.redis, tiers.NewPostgres(pool, tiers.TokenStorage(cfg.TokenStorage)),
+		tiers.ReadThroughOptions{RedisTimeout: cfg.RedisTimeout, PostgresTimeout: cfg.PostgresTimeout}, log)
+	s.warmer = warm.New(bg, pool, s.redis, warm.Config{
+		Count: cfg.WarmCount, BatchSize: cfg.WarmBatchSize, BatchDelay: cfg.WarmBatchDelay,
+		Window: cfg.WarmWindow, Timeout: cfg.WarmTimeout, Storage: tiers.TokenStorage(cfg.TokenStorage),
+	}, log)
+
+	s.health = health.NewServer()
+	// The stock health server starts as SERVING; readiness is earned.
+	s.setServing(false)
+	s.grpc = grpc.NewServer(s.serverOptions()...)
+	sessiondv1.RegisterSessionServiceServer(s.grpc, service.New(s.rt, s.warmer, s.stats, log))
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	return s, nil
+}
+
+func (s *Server) serverOptions() []grpc.ServerOption {
+	// Calls other than ValidateSession are logged as they finish;
+	// ValidateSession logs its own debug record (with the guide's fields),
+	// and an interceptor on the hot path would cost every caller.
+	notValidate := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
+		return c.FullMethod() != sessiondv1.SessionService_ValidateSession_FullMethodName
+	})
+	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		s.log.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
+	// A panic becomes a plain Internal with the detail in our log, never the
+	// stack sent to the client (the interceptor's default).
+	recoverOpt := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		s.log.ErrorContext(ctx, "panic in handler", "panic", p)
+		return status.Error(codes.Internal, "internal error")
+	})
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(maxRecvMsgSize),
+		grpc.MaxConcurrentStreams(maxConcurrentStreams),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second}),
+		grpc.ChainUnaryInterceptor(
+			selector.UnaryServerInterceptor(logging.UnaryServerInterceptor(logger, logOpts...), notValidate),
+			recovery.UnaryServerInterceptor(recoverOpt), // last, so it wraps the handler itself
+		),
+		grpc.ChainStreamInterceptor(
+			logging.StreamServerInterceptor(logger, logOpts...),
+			recovery.StreamServerInterceptor(recoverOpt),
+		),
+	}
+}
+
+func (s *Server) setServing(ok bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if ok {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.health.SetServingStatus("", st)
+	s.health.SetServingStatus(ServiceName, st)
+}
+
+// ReadThrough exposes the read-through (tests, stats).
+func (s *Server) ReadThrough() *tiers.ReadThrough { return s.rt }
+
+// Run serves on lis until ctx ends, then shuts down in order: health
+// NOT_SERVING, in-flight calls finish (bounded by the shutdown timeout, then
+// cut), background work stops, Redis and Postgres close. It returns nil after
+// a clean shutdown.
+func (s *Server) Run(ctx context.Context, lis net.Listener) error {
+	s.log.Info("sessiond serving", "addr", lis.Addr().String())
+	s.startBackground()
+
+	served := make(chan error, 1)
+	go func() { served <- s.grpc.Serve(lis) }()
+
+	var err error
+	select {
+	case err = <-served:
+		err = fmt.Errorf("grpc serve: %w", err)
+	case <-ctx.Done():
+		s.log.Info("shutting down")
+	}
+	s.shutdown()
+	return err
+}
+
+func (s *Server) shutdown() {
+	s.health.Shutdown() // NOT_SERVING everywhere, and stays so
+	done := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(s.cfg.ShutdownTimeout):
+		s.log.Warn("in-flight calls did not finish in time; closing them", "timeout", s.cfg.ShutdownTimeout)
+		s.grpc.Stop()
+		<-done
+	}
+	s.stopBackground()
+	s.background.Wait()
+	s.redis.Close()
+	s.pool.Close()
+	s.log.Info("stopped")
+}

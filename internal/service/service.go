@@ -1,0 +1,127 @@
+// Package service is sessiond's gRPC face: the SessionService handlers and
+// the one mapping of internal errors to gRPC status codes.
+package service
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	sessiondv1 "github.com/sessiond/sessiond/gen/sessiond/v1"
+	"github.com/sessiond/sessiond/internal/tiers"
+)
+
+// validator is what the handlers need of the read-through.
+type validator interface {
+	Validate(ctx context.Context, token string) (tiers.Result, error)
+}
+
+var _ validator = (*tiers.ReadThrough)(nil)
+
+// Service implements sessiondv1.SessionServiceServer.
+type Service struct {
+	sessiondv1.UnimplementedSessionServiceServer
+	v     validator
+	w     warmer
+	stats func() Stats
+	log   *slog.Logger
+}
+
+// New returns the service answering ValidateSession from v, warming through
+// w, and reporting stats().
+func New(v validator, w warmer, stats func() Stats, log *slog.Logger) *Service {
+	return &Service{v: v, w: w, stats: stats, log: log}
+}
+
+// ValidateSession answers whether the token names a valid session. See the
+// proto for the contract.
+func (s *Service) ValidateSession(ctx context.Context, req *sessiondv1.ValidateSessionRequest) (*sessiondv1.ValidateSessionResponse, error) {
+	start := time.Now()
+	res, err := s.v.Validate(ctx, req.GetToken())
+	if err != nil {
+		return nil, toStatus(ctx, s.log, "ValidateSession", err)
+	}
+	resp := &sessiondv1.ValidateSessionResponse{
+		Valid:  res.Valid(),
+		Reason: reasonToProto(res.Reason),
+		Source: sourceToProto(res.Source),
+	}
+	if res.Valid() {
+		resp.Session = sessionToProto(res.Record)
+	}
+	// One record per validation, with the guide's fields; never the token.
+	// The Enabled check keeps the hot path free of this work at info level.
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.logValidation(ctx, res, time.Since(start))
+	}
+	return resp, nil
+}
+
+func (s *Service) logValidation(ctx context.Context, res tiers.Result, d time.Duration) {
+	cacheHit := res.Source == tiers.SourceLocal || res.Source == tiers.SourceRedis
+	msg := "Session validation from cache"
+	if !cacheHit {
+		msg = "Session validation from database, cached for future"
+		if res.Record == nil {
+			msg = "Session validation from database: no such session"
+		}
+	}
+	var userID, sessionID string
+	if res.Record != nil {
+		userID, sessionID = res.Record.UserID, res.Record.ID
+	}
+	s.log.LogAttrs(ctx, slog.LevelDebug, msg,
+		slog.String("operation", "get"),
+		slog.Bool("cache_hit", cacheHit),
+		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
+		slog.String("user_id", userID),
+		slog.String("session_id", sessionID),
+		slog.String("source", res.Source.String()),
+		slog.Bool("valid", res.Valid()),
+		slog.String("reason", res.Reason.String()),
+	)
+}
+
+func reasonToProto(r tiers.Reason) sessiondv1.Reason {
+	switch r {
+	case tiers.ReasonNotFound:
+		return sessiondv1.Reason_REASON_NOT_FOUND
+	case tiers.ReasonExpired:
+		return sessiondv1.Reason_REASON_EXPIRED
+	case tiers.ReasonUserDeleted:
+		return sessiondv1.Reason_REASON_USER_DELETED
+	case tiers.ReasonUserBanned:
+		return sessiondv1.Reason_REASON_USER_BANNED
+	}
+	return sessiondv1.Reason_REASON_UNSPECIFIED
+}
+
+func sourceToProto(s tiers.Source) sessiondv1.Source {
+	switch s {
+	case tiers.SourceLocal:
+		return sessiondv1.Source_SOURCE_LOCAL
+	case tiers.SourceRedis:
+		return sessiondv1.Source_SOURCE_REDIS
+	case tiers.SourcePostgres:
+		return sessiondv1.Source_SOURCE_POSTGRES
+	}
+	return sessiondv1.Source_SOURCE_UNSPECIFIED
+}
+
+func sessionToProto(r *tiers.Record) *sessiondv1.Session {
+	return &sessiondv1.Session{
+		Id:             r.ID,
+		UserId:         r.UserID,
+		ExpiresAt:      timestamppb.New(r.ExpiresAt),
+		LastActivityAt: timestamppb.New(r.LastActivityAt),
+		CreatedAt:      timestamppb.New(r.CreatedAt),
+		IpAddress:      r.IPAddress,
+		UserAgent:      r.UserAgent,
+		Email:          r.Email,
+		FirstName:      r.FirstName,
+		LastName:       r.LastName,
+		Username:       r.Username,
+	}
+}
