@@ -62,6 +62,10 @@ func Main(ctx context.Context, args []string, env Env) int {
 		err = serve(ctx, args, env)
 	case "migrate":
 		err = migrate(ctx, args, env)
+	case "warm":
+		err = warm(ctx, args, env)
+	case "stats":
+		err = stats(ctx, args, env)
 	case "help":
 		fmt.Fprint(env.Stdout, usageHeader)
 		return exitOK
