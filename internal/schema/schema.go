@@ -61,6 +61,88 @@ func steps() []step {
 	}
 }
 
+// Channel is the LISTEN/NOTIFY channel the triggers notify. Payloads name
+// what changed, never a token:
+//
+//	u:<user id>                  a user was deleted, or deleted_at or banned_until changed
+//	s:<session id>:<user id>     a session was deleted, or its token, expires_at or user_id changed
+//	i:<session id>               a session was inserted, or given a new token
+const Channel = "sessiond_invalidate"
+
+// triggerSteps installs the triggers that tell every sessiond instance what
+// to drop from its cache. The functions are sessiond's own (sessiond_
+// prefix) and are replaced on every migrate; the triggers are created only
+// where absent. A WHEN clause keeps updates that change nothing of interest
+// quiet.
+func triggerSteps() []step {
+	return []step{
+		{"create function platform.sessiond_notify_session", `CREATE OR REPLACE FUNCTION platform.sessiond_notify_session() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+	IF TG_OP = 'INSERT' THEN
+		PERFORM pg_notify('` + Channel + `', 'i:' || NEW.id);
+		RETURN NULL;
+	END IF;
+	PERFORM pg_notify('` + Channel + `', 's:' || OLD.id || ':' || OLD.user_id);
+	IF TG_OP = 'UPDATE' THEN
+		IF NEW.user_id IS DISTINCT FROM OLD.user_id THEN
+			PERFORM pg_notify('` + Channel + `', 's:' || NEW.id || ':' || NEW.user_id);
+		END IF;
+		IF NEW.token IS DISTINCT FROM OLD.token THEN
+			-- a cached "no such session" for the new token must go
+			PERFORM pg_notify('` + Channel + `', 'i:' || NEW.id);
+		END IF;
+	END IF;
+	RETURN NULL;
+END
+$fn$`},
+		{"create function platform.sessiond_notify_user", `CREATE OR REPLACE FUNCTION platform.sessiond_notify_user() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+	PERFORM pg_notify('` + Channel + `', 'u:' || OLD.id);
+	RETURN NULL;
+END
+$fn$`},
+		{"create triggers", `DO $do$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'platform.user_sessions'::regclass AND tgname = 'sessiond_session_insert') THEN
+		CREATE TRIGGER sessiond_session_insert AFTER INSERT ON platform.user_sessions
+			FOR EACH ROW EXECUTE FUNCTION platform.sessiond_notify_session();
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'platform.user_sessions'::regclass AND tgname = 'sessiond_session_update') THEN
+		CREATE TRIGGER sessiond_session_update AFTER UPDATE OF token, expires_at, user_id ON platform.user_sessions
+			FOR EACH ROW WHEN (OLD.token IS DISTINCT FROM NEW.token OR OLD.expires_at IS DISTINCT FROM NEW.expires_at
+				OR OLD.user_id IS DISTINCT FROM NEW.user_id)
+			EXECUTE FUNCTION platform.sessiond_notify_session();
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'platform.user_sessions'::regclass AND tgname = 'sessiond_session_delete') THEN
+		CREATE TRIGGER sessiond_session_delete AFTER DELETE ON platform.user_sessions
+			FOR EACH ROW EXECUTE FUNCTION platform.sessiond_notify_session();
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'platform.users'::regclass AND tgname = 'sessiond_user_update') THEN
+		CREATE TRIGGER sessiond_user_update AFTER UPDATE OF deleted_at, banned_until ON platform.users
+			FOR EACH ROW WHEN (OLD.deleted_at IS DISTINCT FROM NEW.deleted_at OR OLD.banned_until IS DISTINCT FROM NEW.banned_until)
+			EXECUTE FUNCTION platform.sessiond_notify_user();
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'platform.users'::regclass AND tgname = 'sessiond_user_delete') THEN
+		CREATE TRIGGER sessiond_user_delete AFTER DELETE ON platform.users
+			FOR EACH ROW EXECUTE FUNCTION platform.sessiond_notify_user();
+	END IF;
+END
+$do$`},
+	}
+}
+
+// Option changes what Migrate does.
+type Option func(*options)
+
+type options struct{ noTriggers bool }
+
+// WithoutTriggers leaves the invalidation triggers out, for databases where
+// sessiond may not install them (the application then calls
+// InvalidateSessions itself).
+func WithoutTriggers() Option { return func(o *options) { o.noTriggers = true } }
+
 // script joins the steps into one multi-statement string behind the advisory
 // lock.
 //
@@ -97,8 +179,19 @@ func script(steps []step) string {
 //
 // On a populated user_sessions table, creating a missing index blocks writes
 // to that table until the index is built.
-func Migrate(ctx context.Context, db Execer) error {
-	if _, err := db.Exec(ctx, script(steps())); err != nil {
+//
+// Unless WithoutTriggers is given, it also installs the triggers that notify
+// Channel when a session or user changes (see triggerSteps).
+func Migrate(ctx context.Context, db Execer, opts ...Option) error {
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
+	all := steps()
+	if !o.noTriggers {
+		all = append(all, triggerSteps()...)
+	}
+	if _, err := db.Exec(ctx, script(all)); err != nil {
 		return fmt.Errorf("schema: migrate: %w", err)
 	}
 	return nil
