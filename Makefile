@@ -50,9 +50,11 @@ generate: ## regenerate gen/ from proto/ (pinned buf and plugins)
 	$(BUF) generate
 
 .PHONY: check-generate
-check-generate: generate ## fail when gen/ is not what proto/ generates
-	@if [ -n "$$(git status --porcelain -- gen)" ]; then \
-	  echo "gen/ is stale: run 'make generate' and commit the result"; git status --short -- gen; git diff --stat -- gen; exit 1; fi
+check-generate: ## fail when gen/ is not what proto/ generates
+	@tmp=$$(mktemp -d) && cp -r gen "$$tmp/gen" && $(BUF) generate && \
+	  if ! diff -r "$$tmp/gen" gen >/dev/null; then \
+	    echo "gen/ was stale (now regenerated): commit the result"; diff -r "$$tmp/gen" gen | head -20; rm -rf "$$tmp"; exit 1; fi; \
+	  rm -rf "$$tmp"
 
 .PHONY: build
 build: ## build bin/sessiond

@@ -149,8 +149,9 @@ func serve(ctx context.Context, args []string, env Env) error {
 
 func migrate(ctx context.Context, args []string, env Env) error {
 	cfg := config.Default()
-	fs := newFlagSet("migrate", "Create schema platform, its two tables and the warming and lookup indexes where absent.\nIdempotent; never drops or alters what exists.", env)
+	fs := newFlagSet("migrate", "Create schema platform, its two tables and the warming and lookup indexes where absent,\nand the triggers that tell sessiond what to drop from its cache.\nIdempotent; never drops or alters the application's tables.", env)
 	fs.StringVar(&cfg.DatabaseURL, "database-url", "", "Postgres URL")
+	triggers := fs.Bool("triggers", true, "install the change-notification triggers (sessiond_* on user_sessions and users); without them, call InvalidateSessions")
 	if err := parse(fs, &cfg, args, env); err != nil {
 		return err
 	}
@@ -162,9 +163,16 @@ func migrate(ctx context.Context, args []string, env Env) error {
 		return fmt.Errorf("connect to postgres: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if err := schema.Migrate(ctx, conn); err != nil {
+	var opts []schema.Option
+	if !*triggers {
+		opts = append(opts, schema.WithoutTriggers())
+	}
+	if err := schema.Migrate(ctx, conn, opts...); err != nil {
 		return err
 	}
 	fmt.Fprintln(env.Stdout, "migrated: schema platform, tables users and user_sessions, indexes idx_user_sessions_activity and idx_user_sessions_token are present")
+	if *triggers {
+		fmt.Fprintf(env.Stdout, "invalidation triggers sessiond_session_{insert,update,delete} and sessiond_user_{update,delete} notify channel %s\n", schema.Channel)
+	}
 	return nil
 }

@@ -44,12 +44,15 @@ type harness struct {
 	client sessiondv1.SessionServiceClient
 }
 
-func start(t *testing.T, dbURL, redisURL string) *harness {
+func start(t *testing.T, dbURL, redisURL string, opts ...func(*config.Config)) *harness {
 	t.Helper()
 	ctx := t.Context()
 	cfg := config.Default()
 	cfg.DatabaseURL, cfg.RedisURL = dbURL, redisURL
 	cfg.WarmOnStart, cfg.RewarmInterval = false, 0
+	for _, o := range opts {
+		o(&cfg)
+	}
 	h := &harness{t: t}
 	var err error
 	if h.db, err = pgxpool.New(ctx, dbURL); err != nil {
@@ -95,6 +98,13 @@ func start(t *testing.T, dbURL, redisURL string) *harness {
 	}
 	t.Cleanup(func() { conn.Close() })
 	h.client = sessiondv1.NewSessionServiceClient(conn)
+	// SERVING means the invalidation listener has connected and resynced:
+	// what the test caches from now on stays.
+	select {
+	case <-srv.Ready():
+	case <-time.After(20 * time.Second):
+		t.Fatal("server not SERVING within 20s")
+	}
 	return h
 }
 

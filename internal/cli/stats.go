@@ -24,7 +24,7 @@ func stats(ctx context.Context, args []string, env Env) error {
 the Postgres pool, the warming configuration and the last warming run, flagging
 the warming guide's thresholds (hit rate under 80% or 50%, Redis errors over 5%
 of answers, more than 10 or 20 callers waiting for Postgres).`, env)
-	registerAddr(fs, &addr)
+	sec := registerAddr(fs, &addr)
 	fs.BoolVar(&asJSON, "json", false, "print the response as one JSON object")
 	if err := parse(fs, nil, args, env); err != nil {
 		return err
@@ -32,7 +32,7 @@ of answers, more than 10 or 20 callers waiting for Postgres).`, env)
 	if err := checkAddr(addr); err != nil {
 		return err
 	}
-	conn, err := dial(addr, env)
+	conn, err := dial(addr, sec)
 	if err != nil {
 		return err
 	}

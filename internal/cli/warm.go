@@ -39,7 +39,7 @@ func warm(ctx context.Context, args []string, env Env) error {
 batch otherwise; then a summary and the cache metrics. A run already going is
 joined, and its settings stand. Exit status: 0 when the run completed, 1 when it
 did not or the call failed, 2 for bad flags.`, env)
-	registerAddr(fs, &o.addr)
+	sec := registerAddr(fs, &o.addr)
 	fs.IntVar(&o.count, "count", 0, "warm at most this many sessions, most recently active first (0: the server's --warm-count)")
 	fs.BoolVar(&o.estimate, "estimate", false, "only count the warmable sessions (at most --count); write nothing")
 	fs.IntVar(&o.batchSize, "batch-size", 0, "sessions per pipelined Redis batch (0: the server's --warm-batch-size)")
@@ -53,7 +53,7 @@ did not or the call failed, 2 for bad flags.`, env)
 		return err
 	}
 
-	conn, err := dial(o.addr, env)
+	conn, err := dial(o.addr, sec)
 	if err != nil {
 		return err
 	}

@@ -38,21 +38,39 @@ type Config struct {
 	RewarmInterval  time.Duration
 	RewarmThreshold float64
 
+	NegativeTTL         time.Duration
+	Invalidation        bool
+	ActivityInterval    time.Duration
+	ActivityGranularity time.Duration
+	ActivityMaxPending  int
+
 	ShutdownTimeout time.Duration
 	LogFormat       string
 	LogLevel        string
+
+	// Who may call what, and over which transport (internal/server/security.go).
+	// All empty by default: admin RPCs open, plaintext gRPC.
+	AdminToken  string // bearer token the admin RPCs require; never logged
+	TLSCert     string // PEM certificate chain of the gRPC listener
+	TLSKey      string // PEM private key of TLSCert
+	TLSClientCA string // PEM CA bundle; when set, client certificates are required and verified
 }
 
 // Default is the one place defaults live; flag defaults are read from it.
 func Default() Config {
 	return Config{
-		GRPCAddr:        ":50051",
-		TokenStorage:    string(tiers.TokenStorageHash),
-		CacheTTL:        5 * time.Minute,
-		LocalCache:      true,
-		LocalCacheMiB:   64,
-		RedisTimeout:    250 * time.Millisecond,
-		RedisHealthWait: 2 * time.Second,
+		GRPCAddr:      ":50051",
+		TokenStorage:  string(tiers.TokenStorageHash),
+		CacheTTL:      5 * time.Minute,
+		LocalCache:    true,
+		LocalCacheMiB: 64,
+		RedisTimeout:  250 * time.Millisecond,
+		// rueidis PINGs a connection that received nothing for a keepalive
+		// interval (a quarter of this) and gives it up, dropping its local
+		// copies, when the PING is not answered within this: a silent
+		// connection is noticed within 2 intervals + this = 1.5 × 1.2 s =
+		// 1.8 s, under the 2 s that sessiond promises.
+		RedisHealthWait: 1200 * time.Millisecond,
 		PostgresTimeout: 2 * time.Second,
 		PoolSize:        8,
 		WarmOnStart:     true,
@@ -63,9 +81,15 @@ func Default() Config {
 		WarmTimeout:     5 * time.Minute,
 		RewarmInterval:  time.Hour,
 		RewarmThreshold: 85,
-		ShutdownTimeout: 15 * time.Second,
-		LogFormat:       "json",
-		LogLevel:        "info",
+		// An unknown token costs one Postgres query per 30 s, not per call.
+		NegativeTTL:         30 * time.Second,
+		Invalidation:        true,
+		ActivityInterval:    30 * time.Second,
+		ActivityGranularity: time.Minute,
+		ActivityMaxPending:  100_000,
+		ShutdownTimeout:     15 * time.Second,
+		LogFormat:           "json",
+		LogLevel:            "info",
 	}
 }
 
@@ -103,9 +127,19 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.WarmTimeout, "warm-timeout", c.WarmTimeout, "bound on one warming run")
 	fs.DurationVar(&c.RewarmInterval, "rewarm-interval", c.RewarmInterval, "how often to check the hit rate and re-warm below the threshold (0 = never)")
 	fs.Float64Var(&c.RewarmThreshold, "rewarm-threshold", c.RewarmThreshold, "hit rate (percent) under which a periodic check re-warms")
+	fs.DurationVar(&c.NegativeTTL, "negative-ttl", c.NegativeTTL, "how long a \"no such session\" answer is cached (0 = not cached); a session created later with that token clears it")
+	fs.BoolVar(&c.Invalidation, "invalidation", c.Invalidation, "LISTEN for the database triggers' change notifications and drop what they name from the cache")
+	fs.DurationVar(&c.ActivityInterval, "activity-interval", c.ActivityInterval, "how often session activity seen on cache hits is written to last_activity_at")
+	fs.DurationVar(&c.ActivityGranularity, "activity-granularity", c.ActivityGranularity, "only move last_activity_at when it is older than this")
+	fs.IntVar(&c.ActivityMaxPending, "activity-max-pending", c.ActivityMaxPending, "sessions' activity held between writes at most (the oldest is dropped, and counted, past it)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long in-flight calls may take to finish on SIGTERM")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: json or text")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
+
+	fs.StringVar(&c.AdminToken, "admin-token", c.AdminToken, "bearer token required by WarmCache, InvalidateSessions and GetStats (empty: they are open to every caller)")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM `file` with the gRPC listener's certificate chain (with --tls-key; empty: plaintext)")
+	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM `file` with the private key of --tls-cert")
+	fs.StringVar(&c.TLSClientCA, "tls-client-ca", c.TLSClientCA, "PEM `file` of CA certificates; when set, every client must present a certificate they signed (mutual TLS)")
 }
 
 // Parse sets fs's flags from the environment (through getenv) and then from
@@ -159,7 +193,8 @@ func (c *Config) Validate() error {
 	}{
 		{"cache-ttl", c.CacheTTL}, {"redis-timeout", c.RedisTimeout}, {"redis-conn-timeout", c.RedisHealthWait},
 		{"postgres-timeout", c.PostgresTimeout}, {"warm-window", c.WarmWindow}, {"warm-timeout", c.WarmTimeout},
-		{"shutdown-timeout", c.ShutdownTimeout},
+		{"shutdown-timeout", c.ShutdownTimeout}, {"activity-interval", c.ActivityInterval},
+		{"activity-granularity", c.ActivityGranularity},
 	}
 	for _, p := range positive {
 		if p.d <= 0 {
@@ -168,6 +203,9 @@ func (c *Config) Validate() error {
 	}
 	if c.CacheTTL > 0 && c.CacheTTL < time.Millisecond {
 		bad("cache-ttl", "%s: Redis expiries are in milliseconds", c.CacheTTL)
+	}
+	if c.NegativeTTL < 0 {
+		bad("negative-ttl", "%s: must not be negative (0 turns it off)", c.NegativeTTL)
 	}
 	if c.WarmBatchDelay < 0 {
 		bad("warm-batch-delay", "%s: must not be negative", c.WarmBatchDelay)
@@ -178,7 +216,7 @@ func (c *Config) Validate() error {
 	for _, p := range []struct {
 		name string
 		n    int
-	}{{"pool-size", c.PoolSize}, {"warm-count", c.WarmCount}, {"warm-batch-size", c.WarmBatchSize}, {"local-cache-mib", c.LocalCacheMiB}} {
+	}{{"pool-size", c.PoolSize}, {"warm-count", c.WarmCount}, {"warm-batch-size", c.WarmBatchSize}, {"local-cache-mib", c.LocalCacheMiB}, {"activity-max-pending", c.ActivityMaxPending}} {
 		if p.n <= 0 {
 			bad(p.name, "%d: must be positive", p.n)
 		}
@@ -196,5 +234,26 @@ func (c *Config) Validate() error {
 	default:
 		bad("log-level", "%q: want debug, info, warn or error", c.LogLevel)
 	}
+	c.validateSecurity(bad)
 	return errors.Join(errs...)
+}
+
+// validateSecurity checks the admin-token and TLS settings; the files are
+// read by server.New. The token's value never appears in an error.
+func (c *Config) validateSecurity(bad func(flagName, format string, a ...any)) {
+	for _, r := range c.AdminToken {
+		if r <= ' ' || r > '~' {
+			bad("admin-token", "must be printable ASCII without spaces (it travels as an HTTP/2 header)")
+			break
+		}
+	}
+	switch {
+	case c.TLSCert != "" && c.TLSKey == "":
+		bad("tls-key", "required with --tls-cert")
+	case c.TLSCert == "" && c.TLSKey != "":
+		bad("tls-cert", "required with --tls-key")
+	}
+	if c.TLSClientCA != "" && c.TLSCert == "" {
+		bad("tls-client-ca", "requires --tls-cert and --tls-key (client certificates are checked only over TLS)")
+	}
 }

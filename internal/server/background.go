@@ -13,10 +13,24 @@ import (
 // startBackground starts the startup warm (which alone turns health to
 // SERVING) and the periodic re-warm.
 func (s *Server) startBackground() {
+	s.background.Go(func() { _ = s.inval.Run(s.bg, s.cfg.Invalidation) })
+	s.background.Go(func() {
+		if err := s.activity.Run(s.bg); err != nil {
+			s.log.Warn("session activity not written at shutdown", "error", err)
+		}
+	})
 	if s.cfg.WarmOnStart {
 		s.background.Go(func() { s.warmOnStart(s.bg) })
 	} else {
-		s.setServing(true)
+		// Even unwarmed, an instance is ready only once it hears
+		// invalidations: its listener's first resync drops what was cached.
+		s.background.Go(func() {
+			select {
+			case <-s.inval.Ready():
+				s.setServing(true)
+			case <-s.bg.Done():
+			}
+		})
 	}
 	if s.cfg.RewarmInterval > 0 {
 		s.background.Go(func() { s.rewarmLoop(s.bg) })
@@ -35,6 +49,16 @@ func (s *Server) warmOnStart(ctx context.Context) {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval, b.MaxInterval = 200*time.Millisecond, 10*time.Second
 	p, err := backoff.Retry(ctx, func() (warm.Progress, error) {
+		// Warm only once invalidations are heard (the listener's first
+		// resync would otherwise drop what this run writes).
+		select {
+		case <-s.inval.Ready():
+		case <-ctx.Done():
+			return warm.Progress{}, backoff.Permanent(ctx.Err())
+		case <-time.After(s.cfg.PostgresTimeout):
+			s.log.Warn("startup warm: the invalidation listener is not connected yet; staying NOT_SERVING and retrying")
+			return warm.Progress{}, errRetryWarm
+		}
 		run, _ := s.warmer.Start(warm.Request{}, true)
 		select {
 		case <-run.Done():

@@ -26,7 +26,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	sessiondv1 "github.com/sessiond/sessiond/gen/sessiond/v1"
+	"github.com/sessiond/sessiond/internal/activity"
 	"github.com/sessiond/sessiond/internal/config"
+	"github.com/sessiond/sessiond/internal/invalidate"
 	"github.com/sessiond/sessiond/internal/service"
 	"github.com/sessiond/sessiond/internal/tiers"
 	"github.com/sessiond/sessiond/internal/warm"
@@ -50,8 +52,15 @@ type Server struct {
 	rt     *tiers.ReadThrough
 	warmer *warm.Warmer
 	waits  *poolWaits
-	grpc   *grpc.Server
-	health *health.Server
+
+	activity *activity.Recorder
+	inval    *invalidate.Invalidator
+	svc      *service.Service
+
+	ready     chan struct{}
+	readyOnce sync.Once
+	grpc      *grpc.Server
+	health    *health.Server
 
 	bg             context.Context
 	stopBackground context.CancelFunc
@@ -63,6 +72,10 @@ type Server struct {
 // tiers.ConnectRedis). ctx bounds the background work started here.
 func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	security, err := securityOptions(cfg, log) // TLS files are read here, before anything starts
+	if err != nil {
 		return nil, err
 	}
 	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
@@ -86,21 +99,40 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, err
 	// Background work (Redis reconnection, warming) lives until shutdown,
 	// whatever happens to the ctx New was called with.
 	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
-	s := &Server{cfg: cfg, log: log, pool: pool, waits: waits, bg: bg, stopBackground: stop}
+	s := &Server{cfg: cfg, log: log, pool: pool, waits: waits, bg: bg, stopBackground: stop, ready: make(chan struct{})}
 	s.redis, err = tiers.ConnectRedis(bg, cfg.RedisURL, tiers.RedisOptions{
 		TTL:              cfg.CacheTTL,
 		LocalCache:       cfg.LocalCache,
 		LocalCacheBytes:  cfg.LocalCacheMiB << 20,
 		ConnWriteTimeout: cfg.RedisHealthWait,
 		DialTimeout:      cfg.PostgresTimeout,
+		NegativeTTL:      cfg.NegativeTTL,
+		// An invalidation must outlive every read that could predate it and
+		// still be written: a whole warming run at the longest.
+		TombstoneTTL:    cfg.WarmTimeout + cfg.PostgresTimeout + 10*time.Second,
+		TombstoneMargin: time.Second,
+		// Redis's invalidation message arrives in milliseconds on a live
+		// connection, and a dead one is dropped (with its local copies)
+		// within 1.25 × RedisHealthWait.
+		LocalTombstoneTTL: 2 * cfg.RedisHealthWait,
 	}, log)
 	if err != nil {
 		stop()
 		pool.Close()
 		return nil, fmt.Errorf("invalid --redis-url: %w", err)
 	}
+	s.activity = activity.New(pool, activity.Options{
+		Interval: cfg.ActivityInterval, Granularity: cfg.ActivityGranularity, MaxPending: cfg.ActivityMaxPending,
+		Timeout: cfg.PostgresTimeout + 3*time.Second,
+	}, log)
 	s.rt = tiers.NewReadThrough(s.redis, tiers.NewPostgres(pool, tiers.TokenStorage(cfg.TokenStorage)),
-		tiers.ReadThroughOptions{RedisTimeout: cfg.RedisTimeout, PostgresTimeout: cfg.PostgresTimeout}, log)
+		tiers.ReadThroughOptions{
+			RedisTimeout: cfg.RedisTimeout, PostgresTimeout: cfg.PostgresTimeout,
+			Negative: cfg.NegativeTTL > 0, Activity: s.activity,
+		}, log)
+	s.inval = invalidate.New(s.redis, pool, invalidate.Options{
+		DatabaseURL: cfg.DatabaseURL, Storage: tiers.TokenStorage(cfg.TokenStorage), Timeout: cfg.PostgresTimeout,
+	}, log)
 	s.warmer = warm.New(bg, pool, s.redis, warm.Config{
 		Count: cfg.WarmCount, BatchSize: cfg.WarmBatchSize, BatchDelay: cfg.WarmBatchDelay,
 		Window: cfg.WarmWindow, Timeout: cfg.WarmTimeout, Storage: tiers.TokenStorage(cfg.TokenStorage),
@@ -109,8 +141,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, err
 	s.health = health.NewServer()
 	// The stock health server starts as SERVING; readiness is earned.
 	s.setServing(false)
-	s.grpc = grpc.NewServer(s.serverOptions()...)
-	sessiondv1.RegisterSessionServiceServer(s.grpc, service.New(s.rt, s.warmer, s.stats, log))
+	s.grpc = grpc.NewServer(append(s.serverOptions(), security...)...)
+	s.svc = service.New(s.rt, s.warmer, s.inval, s.stats, log)
+	sessiondv1.RegisterSessionServiceServer(s.grpc, s.svc)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	return s, nil
@@ -156,7 +189,18 @@ func (s *Server) setServing(ok bool) {
 	}
 	s.health.SetServingStatus("", st)
 	s.health.SetServingStatus(ServiceName, st)
+	if ok {
+		s.readyOnce.Do(func() { close(s.ready) })
+	}
 }
+
+// Ready is closed when health first turns SERVING: the invalidation listener
+// hears changes, and the startup warm (if any) has ended.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Service is the SessionService implementation, for calling it in process
+// (the fuzz test feeds it token bytes no gRPC client would send).
+func (s *Server) Service() *service.Service { return s.svc }
 
 // ReadThrough exposes the read-through (tests, stats).
 func (s *Server) ReadThrough() *tiers.ReadThrough { return s.rt }

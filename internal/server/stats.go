@@ -43,6 +43,8 @@ func (s *Server) stats() service.Stats {
 		CacheTTL:      s.cfg.CacheTTL,
 		LocalHits:     c.LocalHits.Load(),
 		RedisHits:     c.RedisHits.Load(),
+		NegativeHits:  c.NegativeHits.Load(),
+		Invalidations: s.redis.Invalidations(),
 		Misses:        c.Misses.Load(),
 		Errors:        c.Errors.Load(),
 		PoolSize:      ps.TotalConns(),

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -11,6 +12,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sessiondv1 "github.com/sessiond/sessiond/gen/sessiond/v1"
+	"github.com/sessiond/sessiond/internal/invalidate"
+	"github.com/sessiond/sessiond/internal/tiers"
 	"github.com/sessiond/sessiond/internal/warm"
 )
 
@@ -116,6 +119,7 @@ func (s *Service) GetStats(ctx context.Context, _ *sessiondv1.GetStatsRequest) (
 		run := &sessiondv1.WarmingRun{
 			StartedAt: timestamppb.New(p.StartedAt), Total: int32(p.Total), Warmed: int32(p.Warmed),
 			Failed: int32(p.Failed), Outcome: outcomeToProto(p.Outcome), Error: errText(p.Err),
+			Skipped: int32(p.Skipped),
 		}
 		if p.Done {
 			run.FinishedAt = timestamppb.New(p.FinishedAt)
@@ -130,6 +134,7 @@ func progressToProto(p warm.Progress) *sessiondv1.WarmCacheProgress {
 		Total: int32(p.Total), Warmed: int32(p.Warmed), Failed: int32(p.Failed), Done: p.Done,
 		EstimatedHitRate: p.EstimatedHitRate(), Elapsed: durationpb.New(p.Elapsed),
 		Outcome: outcomeToProto(p.Outcome), Error: errText(p.Err), Batches: int32(p.Batches), RunId: p.RunID,
+		Skipped: int32(p.Skipped),
 	}
 }
 
@@ -152,4 +157,74 @@ func errText(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// invalidator is what InvalidateSessions needs.
+type invalidator interface {
+	User(ctx context.Context, userID string) (int64, error)
+	Token(ctx context.Context, token string) (int64, error)
+}
+
+var _ invalidator = (*invalidate.Invalidator)(nil)
+
+// maxInvalidateTokens bounds one InvalidateSessions request.
+const maxInvalidateTokens = 1000
+
+// InvalidateSessions drops cached sessions by token and/or user, for
+// applications that cannot install the triggers. Once it returns OK, no
+// instance answers valid=true from a copy older than the call (see
+// tiers.Redis.DropKey). It is all or nothing from the caller's point of
+// view: on UNAVAILABLE (Redis unreachable) retry it; meanwhile this instance
+// believes nothing cached.
+func (s *Service) InvalidateSessions(ctx context.Context, req *sessiondv1.InvalidateSessionsRequest) (*sessiondv1.InvalidateSessionsResponse, error) {
+	if len(req.GetTokens()) == 0 && req.GetUserId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "give tokens, a user_id, or both")
+	}
+	if len(req.GetTokens()) > maxInvalidateTokens {
+		return nil, status.Errorf(codes.InvalidArgument, "%d tokens: at most %d per call", len(req.GetTokens()), maxInvalidateTokens)
+	}
+	for i, tok := range req.GetTokens() {
+		if err := tiers.CheckToken(tok); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "tokens[%d]: %v", i, err)
+		}
+	}
+	if uid := req.GetUserId(); uid != "" && !isUUID(uid) {
+		return nil, status.Error(codes.InvalidArgument, "user_id: want a UUID")
+	}
+	var n int64
+	for _, tok := range req.GetTokens() {
+		k, err := s.inv.Token(ctx, tok)
+		if err != nil {
+			return nil, status.Error(codes.Unavailable, "redis unreachable; the cache is not believed until it is back (retry the call)")
+		}
+		n += k
+	}
+	if uid := req.GetUserId(); uid != "" {
+		k, err := s.inv.User(ctx, strings.ToLower(uid))
+		if err != nil {
+			return nil, status.Error(codes.Unavailable, "redis unreachable; the cache is not believed until it is back (retry the call)")
+		}
+		n += k
+	}
+	return &sessiondv1.InvalidateSessionsResponse{Invalidated: int32(n)}, nil
+}
+
+// isUUID accepts the 8-4-4-4-12 hex form, any case.
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return false
+			}
+		case '0' <= c && c <= '9', 'a' <= c && c <= 'f', 'A' <= c && c <= 'F':
+		default:
+			return false
+		}
+	}
+	return true
 }

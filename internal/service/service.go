@@ -25,14 +25,15 @@ type Service struct {
 	sessiondv1.UnimplementedSessionServiceServer
 	v     validator
 	w     warmer
+	inv   invalidator
 	stats func() Stats
 	log   *slog.Logger
 }
 
 // New returns the service answering ValidateSession from v, warming through
-// w, and reporting stats().
-func New(v validator, w warmer, stats func() Stats, log *slog.Logger) *Service {
-	return &Service{v: v, w: w, stats: stats, log: log}
+// w, invalidating through inv, and reporting stats().
+func New(v validator, w warmer, inv invalidator, stats func() Stats, log *slog.Logger) *Service {
+	return &Service{v: v, w: w, inv: inv, stats: stats, log: log}
 }
 
 // ValidateSession answers whether the token names a valid session. See the

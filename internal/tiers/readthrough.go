@@ -13,8 +13,9 @@ import (
 
 // l1 is what the read-through needs of the cache tier.
 type l1 interface {
-	Get(ctx context.Context, key string) (rec *Record, local bool, err error)
-	Set(ctx context.Context, key string, rec *Record, now time.Time) error
+	Get(ctx context.Context, key string) (Lookup, error)
+	Set(ctx context.Context, key string, rec *Record, st Stamp) error
+	SetNegative(ctx context.Context, key string, st Stamp) (WriteResult, error)
 }
 
 // l2 is what the read-through needs of the source of truth.
@@ -26,6 +27,11 @@ var (
 	_ l1 = (*Redis)(nil)
 	_ l2 = (*Postgres)(nil)
 )
+
+// activity is told of every valid answer (see package activity).
+type activity interface {
+	Record(sessionID string, storedLast, seen time.Time)
+}
 
 // Result is the answer for one token.
 type Result struct {
@@ -43,6 +49,7 @@ func (r Result) Valid() bool { return r.Reason == ReasonNone }
 type Counters struct {
 	LocalHits     atomic.Int64 // answers from the client-side cache
 	RedisHits     atomic.Int64 // answers from a Redis round trip
+	NegativeHits  atomic.Int64 // "no such session" answers from a cached negative
 	Misses        atomic.Int64 // answers that needed Postgres
 	Errors        atomic.Int64 // Redis errors, each treated as a miss
 	PostgresReads atomic.Int64 // queries sent to Postgres (coalesced)
@@ -57,6 +64,12 @@ type ReadThroughOptions struct {
 	PostgresTimeout time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Negative caches "no such session" answers (for NegativeTTL, see
+	// RedisOptions), so that a flood of unknown tokens does not cost a
+	// Postgres query each.
+	Negative bool
+	// Activity, when set, is told of every valid answer.
+	Activity activity
 }
 
 // ReadThrough answers ValidateSession: L1, then L2, filling L1 after an L2
@@ -94,20 +107,21 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 	hash := TokenHash(token)
 	key := Key(hash)
 
-	rec, local, err := rt.get(ctx, key)
-	if err == nil && rec != nil {
-		src := SourceRedis
-		if local {
-			src = SourceLocal
+	l, err := rt.get(ctx, key)
+	switch {
+	case err == nil && l.Negative:
+		rt.c.NegativeHits.Add(1)
+		return Result{Reason: ReasonNotFound, Source: source(l.Local)}, nil
+	case err == nil && l.Record != nil:
+		if l.Local {
 			rt.c.LocalHits.Add(1)
 		} else {
 			rt.c.RedisHits.Add(1)
 		}
 		// The rule runs again on every hit: a cached entry never validates a
 		// session past its expiry or during a ban.
-		return Result{Record: rec, Reason: Check(rec, rt.opts.Now()), Source: src}, nil
-	}
-	if err != nil {
+		return rt.answer(l.Record, source(l.Local)), nil
+	case err != nil:
 		if ctx.Err() != nil {
 			return Result{}, ctx.Err()
 		}
@@ -115,15 +129,32 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 		rt.log.Debug("redis read failed; asking postgres", "key", key, "error", err)
 	}
 
-	rec, err = rt.lookup(ctx, token, key)
+	rec, err := rt.lookup(ctx, token, key, l.Gen)
 	if err != nil {
 		return Result{}, err
 	}
 	rt.c.Misses.Add(1)
-	return Result{Record: rec, Reason: Check(rec, rt.opts.Now()), Source: SourcePostgres}, nil
+	return rt.answer(rec, SourcePostgres), nil
 }
 
-func (rt *ReadThrough) get(ctx context.Context, key string) (*Record, bool, error) {
+func source(local bool) Source {
+	if local {
+		return SourceLocal
+	}
+	return SourceRedis
+}
+
+// answer applies the rule and tells Activity of a valid session.
+func (rt *ReadThrough) answer(rec *Record, src Source) Result {
+	now := rt.opts.Now()
+	res := Result{Record: rec, Reason: Check(rec, now), Source: src}
+	if res.Valid() && rt.opts.Activity != nil {
+		rt.opts.Activity.Record(rec.ID, rec.LastActivityAt, now)
+	}
+	return res
+}
+
+func (rt *ReadThrough) get(ctx context.Context, key string) (Lookup, error) {
 	ctx, cancel := context.WithTimeout(ctx, rt.opts.RedisTimeout)
 	defer cancel()
 	return rt.l1.Get(ctx, key)
@@ -134,8 +165,11 @@ func (rt *ReadThrough) get(ctx context.Context, key string) (*Record, bool, erro
 // any one caller (bounded by the configured timeouts), so a caller who hangs
 // up does not fail the others waiting on the same token; each caller still
 // leaves when its own ctx ends.
-func (rt *ReadThrough) lookup(ctx context.Context, token, key string) (*Record, error) {
+func (rt *ReadThrough) lookup(ctx context.Context, token, key string, gen int64) (*Record, error) {
 	ch := rt.sf.DoChan(key, func() (any, error) {
+		// Taken before the read: a write of what it returns is refused if
+		// an invalidation came after this instant (see Redis.SetMany).
+		st := Stamp{ReadStart: time.Now(), Gen: gen}
 		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rt.opts.PostgresTimeout)
 		defer cancel()
 		rt.c.PostgresReads.Add(1)
@@ -148,9 +182,7 @@ func (rt *ReadThrough) lookup(ctx context.Context, token, key string) (*Record, 
 			}
 			return nil, err
 		}
-		if rec != nil {
-			rt.fill(ctx, key, rec)
-		}
+		rt.fill(ctx, key, rec, st)
 		return rec, nil
 	})
 	select {
@@ -165,10 +197,21 @@ func (rt *ReadThrough) lookup(ctx context.Context, token, key string) (*Record, 
 	}
 }
 
-func (rt *ReadThrough) fill(ctx context.Context, key string, rec *Record) {
+// fill caches what Postgres said: the session, or (when negative caching is
+// on) that there is none.
+func (rt *ReadThrough) fill(ctx context.Context, key string, rec *Record, st Stamp) {
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rt.opts.RedisTimeout)
 	defer cancel()
-	if err := rt.l1.Set(wctx, key, rec, rt.opts.Now()); err != nil {
+	var err error
+	switch {
+	case rec != nil:
+		err = rt.l1.Set(wctx, key, rec, st)
+	case rt.opts.Negative:
+		_, err = rt.l1.SetNegative(wctx, key, st)
+	default:
+		return
+	}
+	if err != nil {
 		rt.c.Errors.Add(1)
 		rt.log.Debug("redis fill failed", "key", key, "error", err)
 		return

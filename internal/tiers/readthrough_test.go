@@ -20,16 +20,20 @@ type fakeCache struct {
 	local   bool
 }
 
-func (f *fakeCache) Get(_ context.Context, key string) (*Record, bool, error) {
+func (f *fakeCache) Get(_ context.Context, key string) (Lookup, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.failing {
-		return nil, false, errors.New("redis down")
+		return Lookup{}, errors.New("redis down")
 	}
-	return f.m[key], f.local, nil
+	return Lookup{Record: f.m[key], Local: f.local}, nil
 }
 
-func (f *fakeCache) Set(_ context.Context, key string, rec *Record, _ time.Time) error {
+func (f *fakeCache) SetNegative(context.Context, string, Stamp) (WriteResult, error) {
+	return Skipped, nil
+}
+
+func (f *fakeCache) Set(_ context.Context, key string, rec *Record, _ Stamp) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.failing {

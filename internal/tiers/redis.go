@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -54,14 +55,32 @@ type RedisOptions struct {
 	ConnWriteTimeout time.Duration
 	// DialTimeout bounds each connection attempt.
 	DialTimeout time.Duration
+	// NegativeTTL is how long a "no such session" answer is cached.
+	NegativeTTL time.Duration
+	// TombstoneTTL is how long an invalidation refuses writes of data read
+	// before it: longer than any read-then-write can take (a warming run).
+	TombstoneTTL time.Duration
+	// TombstoneMargin widens each tombstone back in time, for clock skew
+	// between the instance that invalidates and the one that writes.
+	TombstoneMargin time.Duration
+	// LocalTombstoneTTL is how long this instance distrusts its local copies
+	// of what it invalidated (Redis's invalidation message may lag the DEL).
+	LocalTombstoneTTL time.Duration
 }
 
 // Redis is the L1 tier: sessions as Redis hashes under Key(hash), read
 // through rueidis's client-side cache.
 type Redis struct {
-	client atomic.Pointer[rueidis.Client]
-	opts   RedisOptions
-	ready  chan struct{}
+	client   atomic.Pointer[rueidis.Client]
+	opts     RedisOptions
+	ready    chan struct{}
+	genFloor atomic.Int64 // the generation this instance has bumped to
+	tombs    *localTombs
+	// distrust is set while an invalidation could not be applied to Redis:
+	// until the generation is bumped, no entry is believed (reads go to
+	// Postgres).
+	distrust      atomic.Bool
+	invalidations atomic.Int64
 }
 
 // ClientOption turns a Redis URL (redis://, rediss://, unix://) into the
@@ -98,7 +117,7 @@ func ConnectRedis(ctx context.Context, url string, o RedisOptions, log *slog.Log
 	if err != nil {
 		return nil, err
 	}
-	r := &Redis{opts: o, ready: make(chan struct{})}
+	r := newRedis(o)
 	if c, err := rueidis.NewClient(opt); err == nil {
 		r.setClient(c)
 		return r, nil
@@ -130,9 +149,13 @@ func ConnectRedis(ctx context.Context, url string, o RedisOptions, log *slog.Log
 
 // NewRedis wraps an existing client (tests, tools).
 func NewRedis(c rueidis.Client, o RedisOptions) *Redis {
-	r := &Redis{opts: o, ready: make(chan struct{})}
+	r := newRedis(o)
 	r.setClient(c)
 	return r
+}
+
+func newRedis(o RedisOptions) *Redis {
+	return &Redis{opts: o, ready: make(chan struct{}), tombs: newLocalTombs(o.LocalTombstoneTTL)}
 }
 
 func (r *Redis) setClient(c rueidis.Client) {
@@ -162,32 +185,217 @@ func (r *Redis) Close() {
 	}
 }
 
-// Get returns the record cached under key, nil if there is none, and whether
-// the answer came from the client-side cache. A Redis failure or an entry it
-// cannot decode is an error; callers treat it as a miss. It honours ctx's
-// deadline.
-func (r *Redis) Get(ctx context.Context, key string) (rec *Record, local bool, err error) {
+// Keys sessiond keeps besides the entries. An entry and its user's set are
+// written together; tombstones and the generation guard against stale
+// writes (see SetMany).
+const (
+	// GenKey holds the cache generation. An entry is only believed when its
+	// generation is the current one; bumping it drops every entry at once,
+	// on every instance, without a SCAN (see BumpGen).
+	GenKey = "sessiond:gen"
+	// UserSetPrefix + user id: the set of entry keys of that user's cached
+	// sessions, so that a user's entries are found without a SCAN.
+	UserSetPrefix = "sessiond:user:"
+	// TombPrefix + "u:"/"s:"/"k:"/"n:" + user id / session id / token hash /
+	// token hash: when the user, session or token was last invalidated, or
+	// a session was created with the token (Unix ms).
+	TombPrefix = "sessiond:tomb:"
+
+	fGen     = "g"       // the generation an entry was written in
+	fMissing = "missing" // marks a negative entry: no such session
+)
+
+// writeScript writes one entry unless the data it was read from may predate
+// an invalidation: the generation moved on since the read, or one of the
+// entry's tombstones is younger than the read (minus a margin for clock skew
+// between instances). Reading, checking and writing in one script leaves no
+// window for an invalidation to slip between them. An entry for a session
+// checks the tombstones of its user, its session and its token; a negative
+// entry (KEYS[2] empty) those of its token and of a session newly created
+// with it. A writer that brings a newer generation than Redis holds (Redis
+// was restarted empty) puts it back: generations never go backwards.
+//
+// KEYS: entry, user set, three tombstones, generation.
+// ARGV: read start (ms), margin (ms), generation, expire at (ms), fields...
+var writeScript = rueidis.NewLuaScript(`
+local g, w = tonumber(redis.call('GET', KEYS[6]) or '0'), tonumber(ARGV[3])
+if g > w then return 0 end
+if g < w then redis.call('SET', KEYS[6], ARGV[3]) end
+local limit = tonumber(ARGV[1]) - tonumber(ARGV[2])
+for i = 3, 5 do
+  if KEYS[i] ~= '' then
+    local t = redis.call('GET', KEYS[i])
+    if t and tonumber(t) >= limit then return 0 end
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+if KEYS[2] ~= '' then
+  redis.call('SADD', KEYS[2], KEYS[1])
+  redis.call('PEXPIREAT', KEYS[2], ARGV[4], 'NX')
+  redis.call('PEXPIREAT', KEYS[2], ARGV[4], 'GT')
+end
+return 1`)
+
+// dropUserScript drops a user's entries (all of them, or with ARGV[3] the
+// one of that session id) and leaves a tombstone.
+//
+// KEYS: user set, tombstone. ARGV: now (ms), tombstone TTL (ms), [session id].
+var dropUserScript = rueidis.NewLuaScript(`
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+local n = 0
+for _, k in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local id = redis.call('HGET', k, 'id')
+  if ARGV[3] == nil or not id or id == ARGV[3] then
+    n = n + redis.call('DEL', k)
+    redis.call('SREM', KEYS[1], k)
+  end
+end
+if redis.call('SCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1]) end
+return n`)
+
+// dropKeyScript drops one entry by key (with ARGV[3], only a negative one)
+// and leaves a tombstone.
+//
+// KEYS: entry, tombstone. ARGV: now (ms), tombstone TTL (ms), [negative only].
+var dropKeyScript = rueidis.NewLuaScript(`
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+if ARGV[3] ~= nil and redis.call('HEXISTS', KEYS[1], '` + fMissing + `') == 0 then return 0 end
+return redis.call('DEL', KEYS[1])`)
+
+// Lookup is what Get found.
+type Lookup struct {
+	// Record is the cached session; nil when none is cached or when the
+	// entry says there is no such session (Negative).
+	Record *Record
+	// Negative: a cached "no such session".
+	Negative bool
+	// Local: answered from the client-side cache.
+	Local bool
+	// Gen is the cache generation at the time of the read: a write of what
+	// is read from Postgres next must carry it (see Stamp).
+	Gen int64
+}
+
+// Found reports whether the cache had an answer (an entry or a negative).
+func (l Lookup) Found() bool { return l.Record != nil || l.Negative }
+
+// Stamp says when the data about to be cached was read, so that a write of
+// data older than an invalidation is refused.
+type Stamp struct {
+	ReadStart time.Time // before the Postgres read began
+	Gen       int64     // the cache generation before the read began
+}
+
+// Get returns what is cached under key, honouring ctx's deadline. An entry
+// of another generation is not believed (a miss). A local answer for a key,
+// session or user that this instance invalidated within the last
+// LocalTombstoneTTL is not believed either: Redis delivers the client-side
+// invalidation after the reply to the DEL, so the local copy may still be the
+// old one; such reads go to Redis itself. A Redis failure, or an entry that
+// cannot be decoded, is an error; callers treat it as a miss.
+func (r *Redis) Get(ctx context.Context, key string) (Lookup, error) {
 	c, err := r.Client()
 	if err != nil {
-		return nil, false, err
+		return Lookup{}, err
 	}
-	// DoCache falls back to a plain round trip when the client-side cache is
-	// disabled. The local copy lives for min(TTL, the key's PTTL), and the
-	// key's PTTL never passes the session's expiry (see Set).
-	resp := c.DoCache(ctx, c.B().Hgetall().Key(key).Cache(), r.opts.TTL)
-	m, err := resp.AsStrMap()
-	if err != nil {
-		return nil, false, fmt.Errorf("redis hgetall: %w", err)
+	// DoMultiCache falls back to plain round trips when the client-side
+	// cache is disabled. A local copy lives for min(TTL, the key's PTTL),
+	// and an entry's PTTL never passes its session's expiry (see SetMany).
+	resps := c.DoMultiCache(ctx,
+		rueidis.CT(c.B().Hgetall().Key(key).Cache(), r.opts.TTL),
+		rueidis.CT(c.B().Get().Key(GenKey).Cache(), r.opts.TTL))
+	l, err := r.decodeLookup(key, resps[0], resps[1])
+	if r.distrust.Load() {
+		return Lookup{Gen: l.Gen}, nil
 	}
-	if len(m) == 0 { // HGETALL of a missing key is an empty map
-		return nil, resp.IsCacheHit(), nil
+	if err != nil || !l.Local {
+		return l, err
 	}
-	rec, err = decode(m)
-	if err != nil {
-		return nil, false, fmt.Errorf("cache entry %s: %w", key, err)
+	// Two kinds of local answer are checked with Redis itself: "nothing
+	// cached" (the local copy of an absent key may predate a fill that Redis
+	// has not yet told us about, and a round trip is cheaper than the
+	// Postgres query a miss costs), and a tombstoned one.
+	if l.Found() && !r.tombs.active(key, l) {
+		return l, nil
 	}
-	return rec, resp.IsCacheHit(), nil
+	resps = c.DoMulti(ctx, c.B().Hgetall().Key(key).Build(), c.B().Get().Key(GenKey).Build())
+	return r.decodeLookup(key, resps[0], resps[1])
 }
+
+func (r *Redis) decodeLookup(key string, entry, gen rueidis.RedisResult) (Lookup, error) {
+	m, err := entry.AsStrMap()
+	if err != nil {
+		return Lookup{}, fmt.Errorf("redis hgetall: %w", err)
+	}
+	g, err := gen.AsInt64()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		return Lookup{}, fmt.Errorf("redis get generation: %w", err)
+	}
+	l := Lookup{Local: entry.IsCacheHit(), Gen: max(g, r.genFloor.Load())}
+	if len(m) == 0 { // HGETALL of a missing key is an empty map
+		return l, nil
+	}
+	if m[fGen] != strconv.FormatInt(l.Gen, 10) {
+		return l, nil // written before the generation moved on: not believed
+	}
+	if m[fMissing] != "" {
+		l.Negative = true
+		return l, nil
+	}
+	l.Record, err = decode(m)
+	if err != nil {
+		return Lookup{}, fmt.Errorf("cache entry %s: %w", key, err)
+	}
+	return l, nil
+}
+
+// Gen returns the current cache generation, from Redis itself.
+func (r *Redis) Gen(ctx context.Context) (int64, error) {
+	c, err := r.Client()
+	if err != nil {
+		return 0, err
+	}
+	g, err := c.Do(ctx, c.B().Get().Key(GenKey).Build()).AsInt64()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		return 0, fmt.Errorf("redis get generation: %w", err)
+	}
+	return max(g, r.genFloor.Load()), nil
+}
+
+// BumpGen moves the cache generation on, so that no entry written before is
+// believed again, on any instance: what to do when invalidations may have
+// been missed. It returns the new generation.
+func (r *Redis) BumpGen(ctx context.Context) (int64, error) {
+	c, err := r.Client()
+	if err != nil {
+		return 0, err
+	}
+	g, err := c.Do(ctx, c.B().Incr().Key(GenKey).Build()).AsInt64()
+	if err != nil {
+		return 0, fmt.Errorf("redis incr generation: %w", err)
+	}
+	// Our own local copy of the generation may lag (invalidations come after
+	// the reply); the floor makes this instance see the new one at once.
+	for {
+		f := r.genFloor.Load()
+		if g <= f || r.genFloor.CompareAndSwap(f, g) {
+			break
+		}
+	}
+	return g, nil
+}
+
+// Distrust makes Get believe no entry until Trust: for while an
+// invalidation is known to be missing from Redis.
+func (r *Redis) Distrust() { r.distrust.Store(true) }
+
+// Trust ends Distrust; call it after BumpGen.
+func (r *Redis) Trust() { r.distrust.Store(false) }
+
+// Invalidations is how many entries the Drop methods have deleted.
+func (r *Redis) Invalidations() int64 { return r.invalidations.Load() }
 
 // Entry is one record to cache under Key.
 type Entry struct {
@@ -195,114 +403,178 @@ type Entry struct {
 	Record *Record
 }
 
-// Set caches rec under key. See SetMany.
-func (r *Redis) Set(ctx context.Context, key string, rec *Record, now time.Time) error {
-	return r.SetMany(ctx, []Entry{{key, rec}}, now)[0]
+// WriteResult is what became of one entry of SetMany.
+type WriteResult int
+
+const (
+	Written WriteResult = iota
+	// Skipped: not written, on purpose: the session had expired, or it was
+	// invalidated (or the generation moved on) after the data was read.
+	Skipped
+	Failed
+)
+
+// Set caches rec under key; see SetMany. A skipped write is not an error.
+func (r *Redis) Set(ctx context.Context, key string, rec *Record, st Stamp) error {
+	_, errs := r.SetMany(ctx, []Entry{{key, rec}}, st)
+	return errs[0]
 }
 
-// SetMany caches each entry as a hash whose expiry is min(now+TTL, the
-// session's expires_at), all in one round trip. Each entry is replaced whole
-// (DEL, HSET with every non-NULL field, PEXPIREAT) inside MULTI/EXEC, so no
-// reader ever sees a half-written entry, a stale field left from an older
-// version, or an entry without an expiry. An entry whose session has already
-// expired is not written and gets no error. The returned slice has one error
-// (or nil) per entry; it honours ctx's deadline.
-func (r *Redis) SetMany(ctx context.Context, entries []Entry, now time.Time) []error {
+// SetMany caches each entry as a hash whose absolute expiry is
+// min(read start + TTL, the session's expires_at), in one round trip. Each
+// entry is replaced whole by a script (writeScript) that also files it in its
+// user's set and refuses data older than an invalidation; so no reader ever
+// sees a half-written entry, a field left from an older version, an entry
+// without an expiry, or a session brought back after it was revoked. It
+// returns one result and one error (nil unless Failed) per entry, and
+// honours ctx's deadline.
+func (r *Redis) SetMany(ctx context.Context, entries []Entry, st Stamp) ([]WriteResult, []error) {
+	res := make([]WriteResult, len(entries))
 	errs := make([]error, len(entries))
 	c, err := r.Client()
 	if err != nil {
-		for i := range errs {
-			errs[i] = err
+		for i := range entries {
+			res[i], errs[i] = Failed, err
 		}
-		return errs
+		return res, errs
 	}
-	cmds := make(rueidis.Commands, 0, 2+3*len(entries))
-	cmds = append(cmds, c.B().Multi().Build())
-	written := make([]int, 0, len(entries)) // entry index of each queued write
+	execs := make([]rueidis.LuaExec, 0, len(entries))
+	idx := make([]int, 0, len(entries)) // entry index of each exec
 	for i, e := range entries {
-		ttl := ttlFor(e.Record, now, r.opts.TTL)
+		ttl := ttlFor(e.Record, st.ReadStart, r.opts.TTL)
 		if ttl <= 0 {
+			res[i] = Skipped
 			continue
 		}
-		expireAt := now.Add(ttl).UnixMilli()
-		cmds = append(cmds,
-			c.B().Del().Key(e.Key).Build(),
-			encode(c.B(), e.Key, e.Record),
-			c.B().Pexpireat().Key(e.Key).MillisecondsTimestamp(expireAt).Build(),
-		)
-		written = append(written, i)
+		rec := e.Record
+		execs = append(execs, rueidis.LuaExec{
+			Keys: []string{e.Key, UserSetPrefix + rec.UserID, TombPrefix + "u:" + rec.UserID, TombPrefix + "s:" + rec.ID, TombPrefix + "k:" + hashOf(e.Key), GenKey},
+			Args: r.writeArgs(st, st.ReadStart.Add(ttl), encode(rec)),
+		})
+		idx = append(idx, i)
 	}
-	if len(written) == 0 {
-		return errs
+	if len(execs) > 0 {
+		r.apply(writeScript.ExecMulti(ctx, c, execs...), idx, res, errs)
 	}
-	cmds = append(cmds, c.B().Exec().Build())
-	resps := c.DoMulti(ctx, cmds...)
-	exec := resps[len(resps)-1]
-	results, err := exec.ToArray()
-	if err == nil && len(results) != 3*len(written) {
-		err = fmt.Errorf("redis exec: %d replies for %d commands", len(results), 3*len(written))
-	}
-	if err != nil {
-		// A queueing error (or a dropped connection) shows on the command
-		// itself and makes EXEC fail: report the first one found.
-		for _, r := range resps {
-			if e := r.Error(); e != nil {
-				err = e
-				break
-			}
-		}
-		for _, i := range written {
-			errs[i] = fmt.Errorf("redis write: %w", err)
-		}
-		return errs
-	}
-	for j, i := range written {
-		for _, res := range results[3*j : 3*j+3] {
-			if e := res.Error(); e != nil {
-				errs[i] = fmt.Errorf("redis write: %w", e)
-				break
-			}
-		}
-	}
-	return errs
+	return res, errs
 }
 
-// Delete removes the entries under keys, returning how many existed.
-func (r *Redis) Delete(ctx context.Context, keys ...string) (int64, error) {
+// SetNegative caches "no such session" under key for the negative TTL,
+// unless the token was invalidated (a session inserted with it) after st.
+func (r *Redis) SetNegative(ctx context.Context, key string, st Stamp) (WriteResult, error) {
+	c, err := r.Client()
+	if err != nil {
+		return Failed, err
+	}
+	exec := rueidis.LuaExec{
+		Keys: []string{key, "", TombPrefix + "k:" + hashOf(key), TombPrefix + "n:" + hashOf(key), "", GenKey},
+		Args: r.writeArgs(st, st.ReadStart.Add(r.opts.NegativeTTL), []string{fMissing, "1"}),
+	}
+	res, errs := []WriteResult{0}, []error{nil}
+	r.apply([]rueidis.RedisResult{writeScript.Exec(ctx, c, exec.Keys, exec.Args)}, []int{0}, res, errs)
+	return res[0], errs[0]
+}
+
+func (r *Redis) writeArgs(st Stamp, expireAt time.Time, fields []string) []string {
+	args := make([]string, 0, 6+len(fields))
+	args = append(args,
+		strconv.FormatInt(st.ReadStart.UnixMilli(), 10),
+		strconv.FormatInt(r.opts.TombstoneMargin.Milliseconds(), 10),
+		strconv.FormatInt(st.Gen, 10),
+		strconv.FormatInt(expireAt.UnixMilli(), 10),
+		fGen, strconv.FormatInt(st.Gen, 10))
+	return append(args, fields...)
+}
+
+func (r *Redis) apply(resps []rueidis.RedisResult, idx []int, res []WriteResult, errs []error) {
+	for j, resp := range resps {
+		i := idx[j]
+		n, err := resp.AsInt64()
+		switch {
+		case err != nil:
+			res[i], errs[i] = Failed, fmt.Errorf("redis write: %w", err)
+		case n == 1:
+			res[i] = Written
+		default:
+			res[i] = Skipped
+		}
+	}
+}
+
+// hashOf is the token hash in an entry key.
+func hashOf(key string) string { return strings.TrimPrefix(key, KeyPrefix) }
+
+// DropUser deletes every cached session of a user, leaves a tombstone that
+// refuses writes of data read before now, and makes this instance distrust
+// its local copies of them for LocalTombstoneTTL. It returns how many entries
+// it deleted.
+func (r *Redis) DropUser(ctx context.Context, userID string) (int64, error) {
+	r.tombs.mark("u:" + userID)
+	return r.drop(ctx, dropUserScript, []string{UserSetPrefix + userID, TombPrefix + "u:" + userID})
+}
+
+// DropSession deletes the cached entry of one session (found through its
+// user's set), like DropUser.
+func (r *Redis) DropSession(ctx context.Context, sessionID, userID string) (int64, error) {
+	r.tombs.mark("s:" + sessionID)
+	return r.drop(ctx, dropUserScript, []string{UserSetPrefix + userID, TombPrefix + "s:" + sessionID}, sessionID)
+}
+
+// DropKey deletes the entry under key (a session's, or a negative one), like
+// DropUser: for a token that must not validate from the cache any more.
+func (r *Redis) DropKey(ctx context.Context, key string) (int64, error) {
+	r.tombs.mark("k:" + hashOf(key))
+	return r.drop(ctx, dropKeyScript, []string{key, TombPrefix + "k:" + hashOf(key)})
+}
+
+// DropNegative deletes the entry under key for a token a session was just
+// created with: a cached "no such session" must go, and no negative answer
+// read before now may be written. Unlike DropKey it does not hold back
+// caching the new session itself.
+func (r *Redis) DropNegative(ctx context.Context, key string) (int64, error) {
+	r.tombs.mark("n:" + hashOf(key))
+	return r.drop(ctx, dropKeyScript, []string{key, TombPrefix + "n:" + hashOf(key)}, "negative only")
+}
+
+func (r *Redis) drop(ctx context.Context, script *rueidis.Lua, keys []string, extra ...string) (int64, error) {
 	c, err := r.Client()
 	if err != nil {
 		return 0, err
 	}
-	n, err := c.Do(ctx, c.B().Del().Key(keys...).Build()).AsInt64()
+	args := append([]string{strconv.FormatInt(time.Now().UnixMilli(), 10), strconv.FormatInt(r.opts.TombstoneTTL.Milliseconds(), 10)}, extra...)
+	n, err := script.Exec(ctx, c, keys, args).AsInt64()
 	if err != nil {
-		return 0, fmt.Errorf("redis del: %w", err)
+		return 0, fmt.Errorf("redis invalidate: %w", err)
 	}
+	r.invalidations.Add(n)
 	return n, nil
 }
 
-func encode(b rueidis.Builder, key string, r *Record) rueidis.Completed {
-	// The builder's intermediate types are internal to rueidis: := names them.
-	h := b.Hset().Key(key).FieldValue().FieldValue(fID, r.ID).
-		FieldValue(fUserID, r.UserID).
-		FieldValue(fExpiresAt, encTime(r.ExpiresAt)).
-		FieldValue(fLastActivityAt, encTime(r.LastActivityAt)).
-		FieldValue(fCreatedAt, encTime(r.CreatedAt)).
-		FieldValue(fEmail, r.Email)
-	for _, f := range [...]struct {
+// encode lists the fields of r, a NULL column being an absent field.
+func encode(r *Record) []string {
+	f := make([]string, 0, 26)
+	f = append(f,
+		fID, r.ID,
+		fUserID, r.UserID,
+		fExpiresAt, encTime(r.ExpiresAt),
+		fLastActivityAt, encTime(r.LastActivityAt),
+		fCreatedAt, encTime(r.CreatedAt),
+		fEmail, r.Email)
+	for _, o := range [...]struct {
 		name string
 		v    *string
 	}{{fIPAddress, r.IPAddress}, {fUserAgent, r.UserAgent}, {fFirstName, r.FirstName}, {fLastName, r.LastName}, {fUsername, r.Username}} {
-		if f.v != nil {
-			h = h.FieldValue(f.name, *f.v)
+		if o.v != nil {
+			f = append(f, o.name, *o.v)
 		}
 	}
 	if r.DeletedAt != nil {
-		h = h.FieldValue(fDeletedAt, encTime(*r.DeletedAt))
+		f = append(f, fDeletedAt, encTime(*r.DeletedAt))
 	}
 	if r.BannedUntil != nil {
-		h = h.FieldValue(fBannedUntil, encTime(*r.BannedUntil))
+		f = append(f, fBannedUntil, encTime(*r.BannedUntil))
 	}
-	return h.Build()
+	return f
 }
 
 func decode(m map[string]string) (*Record, error) {

@@ -44,7 +44,7 @@ func TestRedisRoundTrip(t *testing.T) {
 	bare := &Record{ID: "s1", UserID: "u1", ExpiresAt: now.Add(time.Hour), LastActivityAt: now, CreatedAt: now, Email: "e@x"}
 
 	for _, rec := range []*Record{full, bare} { // bare replaces full: no field may linger
-		if err := r.Set(ctx, "session:k", rec, now); err != nil {
+		if err := r.Set(ctx, "session:k", rec, Stamp{ReadStart: now}); err != nil {
 			t.Fatal(err)
 		}
 		got, _, err := getEventually(t, r, "session:k", rec)
@@ -56,12 +56,12 @@ func TestRedisRoundTrip(t *testing.T) {
 		}
 	}
 	// A second read is served from process memory.
-	if _, local, err := r.Get(ctx, "session:k"); err != nil || !local {
-		t.Errorf("second read: local=%v err=%v", local, err)
+	if l, err := r.Get(ctx, "session:k"); err != nil || !l.Local {
+		t.Errorf("second read: local=%v err=%v", l.Local, err)
 	}
 	// Missing: nil, no error.
-	if got, _, err := r.Get(ctx, "session:missing"); got != nil || err != nil {
-		t.Errorf("missing key: %v %v", got, err)
+	if l, err := r.Get(ctx, "session:missing"); l.Found() || err != nil {
+		t.Errorf("missing key: %+v %v", l, err)
 	}
 }
 
@@ -71,9 +71,9 @@ func getEventually(t *testing.T, r *Redis, key string, want *Record) (*Record, b
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Second)
 	for {
-		got, local, err := r.Get(t.Context(), key)
-		if err != nil || equalRecords(got, want) || time.Now().After(deadline) {
-			return got, local, err
+		l, err := r.Get(t.Context(), key)
+		if err != nil || equalRecords(l.Record, want) || time.Now().After(deadline) {
+			return l.Record, l.Local, err
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -89,9 +89,9 @@ func TestRedisSetManySkipsExpiredAndReportsEach(t *testing.T) {
 	if err := raw.Do(ctx, raw.B().Set().Key("session:wrong").Value("x").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
-	errs := r.SetMany(ctx, []Entry{{"session:live", live}, {"session:dead", dead}, {"session:wrong", live}}, now)
-	if errs[0] != nil || errs[1] != nil {
-		t.Errorf("errs = %v", errs)
+	res, errs := r.SetMany(ctx, []Entry{{"session:live", live}, {"session:dead", dead}, {"session:wrong", live}}, Stamp{ReadStart: now})
+	if res[0] != Written || res[1] != Skipped || errs[0] != nil || errs[1] != nil {
+		t.Errorf("results %v, errs %v", res, errs)
 	}
 	// DEL inside the transaction replaces even a key of another type.
 	if n, _ := raw.Do(ctx, raw.B().Exists().Key("session:dead").Build()).AsInt64(); n != 0 {
@@ -105,20 +105,20 @@ func TestRedisSetManySkipsExpiredAndReportsEach(t *testing.T) {
 func TestRedisCorruptEntryIsAnError(t *testing.T) {
 	r, raw := newTestRedis(t, false)
 	ctx := t.Context()
-	if err := raw.Do(ctx, raw.B().Hset().Key("session:bad").FieldValue().FieldValue("id", "x").FieldValue("userId", "u").FieldValue("expiresAt", "soon").Build()).Error(); err != nil {
+	if err := raw.Do(ctx, raw.B().Hset().Key("session:bad").FieldValue().FieldValue("g", "0").FieldValue("id", "x").FieldValue("userId", "u").FieldValue("expiresAt", "soon").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := r.Get(ctx, "session:bad"); err == nil {
+	if _, err := r.Get(ctx, "session:bad"); err == nil {
 		t.Error("a corrupt entry decoded without error")
 	}
 }
 
 func TestRedisNotConnected(t *testing.T) {
-	r := &Redis{ready: make(chan struct{})}
-	if _, _, err := r.Get(context.Background(), "k"); !errors.Is(err, ErrRedisNotConnected) {
+	r := newRedis(RedisOptions{})
+	if _, err := r.Get(context.Background(), "k"); !errors.Is(err, ErrRedisNotConnected) {
 		t.Errorf("Get: %v", err)
 	}
-	if errs := r.SetMany(context.Background(), []Entry{{"k", &Record{}}}, time.Now()); !errors.Is(errs[0], ErrRedisNotConnected) {
+	if _, errs := r.SetMany(context.Background(), []Entry{{"k", &Record{}}}, Stamp{ReadStart: time.Now()}); !errors.Is(errs[0], ErrRedisNotConnected) {
 		t.Errorf("SetMany: %v", errs)
 	}
 }
@@ -135,4 +135,95 @@ func equalRecords(a, b *Record) bool {
 		a.ExpiresAt.Equal(b.ExpiresAt) && a.LastActivityAt.Equal(b.LastActivityAt) && a.CreatedAt.Equal(b.CreatedAt) &&
 		eqS(a.IPAddress, b.IPAddress) && eqS(a.UserAgent, b.UserAgent) && eqS(a.FirstName, b.FirstName) &&
 		eqS(a.LastName, b.LastName) && eqS(a.Username, b.Username) && eqT(a.DeletedAt, b.DeletedAt) && eqT(a.BannedUntil, b.BannedUntil)
+}
+
+// A write of data read before an invalidation is refused; after it (past
+// the skew margin), it goes through.
+func TestRedisWritesAfterInvalidation(t *testing.T) {
+	r, raw := newTestRedis(t, true)
+	r.opts.TombstoneTTL, r.opts.TombstoneMargin, r.opts.NegativeTTL = time.Minute, time.Second, time.Minute
+	ctx := t.Context()
+	now := time.Now()
+	rec := &Record{ID: "s1", UserID: "u1", ExpiresAt: now.Add(time.Hour), Email: "e"}
+	before := Stamp{ReadStart: now.Add(-time.Millisecond)}
+	after := Stamp{ReadStart: now.Add(2 * time.Second)} // past the margin
+	exists := func(key string) bool {
+		n, err := raw.Do(ctx, raw.B().Exists().Key(key).Build()).AsInt64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	}
+	tests := []struct {
+		name  string
+		drop  func() error
+		write func(st Stamp) (WriteResult, error)
+		key   string
+	}{
+		{"user invalidated", func() error { _, err := r.DropUser(ctx, "u1"); return err },
+			func(st Stamp) (WriteResult, error) {
+				res, errs := r.SetMany(ctx, []Entry{{"session:a", rec}}, st)
+				return res[0], errs[0]
+			}, "session:a"},
+		{"session invalidated", func() error { _, err := r.DropSession(ctx, "s1", "u1"); return err },
+			func(st Stamp) (WriteResult, error) {
+				res, errs := r.SetMany(ctx, []Entry{{"session:b", rec}}, st)
+				return res[0], errs[0]
+			}, "session:b"},
+		{"token invalidated", func() error { _, err := r.DropKey(ctx, "session:c"); return err },
+			func(st Stamp) (WriteResult, error) {
+				res, errs := r.SetMany(ctx, []Entry{{"session:c", rec}}, st)
+				return res[0], errs[0]
+			}, "session:c"},
+		{"session created with the token: no negative", func() error { _, err := r.DropNegative(ctx, "session:d"); return err },
+			func(st Stamp) (WriteResult, error) { return r.SetNegative(ctx, "session:d", st) }, "session:d"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := tt.drop(); err != nil {
+				t.Fatal(err)
+			}
+			if res, err := tt.write(before); err != nil || res != Skipped || exists(tt.key) {
+				t.Errorf("write of data read before: %v %v (exists %v), want Skipped", res, err, exists(tt.key))
+			}
+			if res, err := tt.write(after); err != nil || res != Written || !exists(tt.key) {
+				t.Errorf("write of data read after: %v %v, want Written", res, err)
+			}
+		})
+	}
+
+	t.Run("a new session is cached although its token's negative was just dropped", func(t *testing.T) {
+		if _, err := r.DropNegative(ctx, "session:e"); err != nil {
+			t.Fatal(err)
+		}
+		other := &Record{ID: "s2", UserID: "u2", ExpiresAt: now.Add(time.Hour), Email: "e"} // no tombstones of its own
+		if res, errs := r.SetMany(ctx, []Entry{{"session:e", other}}, before); res[0] != Written || errs[0] != nil {
+			t.Errorf("%v %v, want Written", res[0], errs[0])
+		}
+		if n, err := r.DropNegative(ctx, "session:e"); n != 0 || err != nil || !exists("session:e") {
+			t.Errorf("DropNegative removed a session entry: %d %v", n, err)
+		}
+	})
+
+	t.Run("a generation bump drops everything and refuses old writers", func(t *testing.T) {
+		if _, err := r.BumpGen(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if l, err := r.Get(ctx, "session:e"); err != nil || l.Found() {
+			t.Errorf("entry of the old generation believed: %+v %v", l, err)
+		}
+		if res, _ := r.SetMany(ctx, []Entry{{"session:f", rec}}, after); res[0] != Skipped {
+			t.Errorf("writer with the old generation: %v, want Skipped", res[0])
+		}
+		g, err := r.Gen(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res, _ := r.SetMany(ctx, []Entry{{"session:f", rec}}, Stamp{ReadStart: after.ReadStart, Gen: g}); res[0] != Written {
+			t.Errorf("writer with the new generation: %v, want Written", res[0])
+		}
+		if l, err := r.Get(ctx, "session:f"); err != nil || l.Record == nil {
+			t.Errorf("entry of the new generation: %+v %v", l, err)
+		}
+	})
 }

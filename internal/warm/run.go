@@ -118,11 +118,12 @@ func (r *Run) found(total int) {
 	r.publish()
 }
 
-func (r *Run) batchDone(warmed, failed int) Progress {
+func (r *Run) batchDone(warmed, failed, skipped int) Progress {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.p.Warmed += warmed
 	r.p.Failed += failed
+	r.p.Skipped += skipped
 	r.p.Batches++
 	return r.publish()
 }

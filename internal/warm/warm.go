@@ -34,7 +34,10 @@ type Config struct {
 	BatchDelay time.Duration // pause between batches, 0 for none
 	Window     time.Duration // only sessions active within it
 	Timeout    time.Duration // bound on a whole run
-	Storage    tiers.TokenStorage
+	// WriteTimeout bounds each batch's Redis write, so that a Redis that
+	// stops answering fails the run instead of holding it to Timeout.
+	WriteTimeout time.Duration
+	Storage      tiers.TokenStorage
 }
 
 // Request is one caller's ask. Zero fields take the Config's values.
@@ -65,6 +68,7 @@ type Progress struct {
 	Total      int // sessions found to warm
 	Warmed     int
 	Failed     int
+	Skipped    int // not written on purpose: invalidated since the snapshot, or expired
 	Batches    int
 	Done       bool
 	Outcome    Outcome
@@ -90,7 +94,8 @@ type db interface {
 
 // cache is what warming needs of Redis.
 type cache interface {
-	SetMany(ctx context.Context, entries []tiers.Entry, now time.Time) []error
+	Gen(ctx context.Context) (int64, error)
+	SetMany(ctx context.Context, entries []tiers.Entry, st tiers.Stamp) ([]tiers.WriteResult, []error)
 }
 
 var _ cache = (*tiers.Redis)(nil)
@@ -111,6 +116,9 @@ type Warmer struct {
 // New returns a Warmer. Runs are bounded by base (the server's lifetime)
 // and by cfg.Timeout, never by the context of the call that started them.
 func New(base context.Context, d db, c cache, cfg Config, log *slog.Logger) *Warmer {
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 5 * time.Second
+	}
 	return &Warmer{db: d, cache: c, cfg: cfg, log: log, base: base}
 }
 
@@ -216,7 +224,7 @@ func (w *Warmer) run(ctx context.Context, r *Run, cfg Config) {
 		log.Info(fmt.Sprintf("[CacheWarming] Completed in %dms - Warmed: %d/%d (%.2f%% estimated hit rate) - Failed: %d",
 			p.Elapsed.Milliseconds(), p.Warmed, p.Total, p.EstimatedHitRate(), p.Failed),
 			"duration_ms", p.Elapsed.Milliseconds(), "warmed", p.Warmed, "total", p.Total, "failed", p.Failed,
-			"estimated_hit_rate", p.EstimatedHitRate(), "outcome", p.Outcome.String())
+			"skipped", p.Skipped, "estimated_hit_rate", p.EstimatedHitRate(), "outcome", p.Outcome.String())
 	default:
 		log.Warn(fmt.Sprintf("[CacheWarming] Stopped (%s) after %dms - Warmed: %d/%d - Failed: %d", p.Outcome, p.Elapsed.Milliseconds(), p.Warmed, p.Total, p.Failed),
 			"duration_ms", p.Elapsed.Milliseconds(), "warmed", p.Warmed, "total", p.Total, "failed", p.Failed,
@@ -248,6 +256,12 @@ func errString(err error) string {
 // them to Redis batch by batch. Reading the next batch overlaps writing the
 // previous one. It returns nil when every row was attempted.
 func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, log *slog.Logger) error {
+	// The stamp is taken before the snapshot: entries of sessions
+	// invalidated after it are refused by Redis (see tiers.Redis.SetMany).
+	gctx, cancel := context.WithTimeout(ctx, cfg.WriteTimeout)
+	gen, genErr := w.cache.Gen(gctx)
+	cancel()
+	st := tiers.Stamp{ReadStart: time.Now(), Gen: gen}
 	tx, err := w.db.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return fmt.Errorf("%w: begin: %w", ErrPostgres, err)
@@ -261,6 +275,9 @@ func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, log *slog.Logger)
 	log.Info(fmt.Sprintf("[CacheWarming] Found %d active sessions to warm", total), "total", total)
 	if total == 0 {
 		return nil
+	}
+	if genErr != nil { // Redis is down: say how many were found, write none
+		return fmt.Errorf("%w: %w", ErrRedis, genErr)
 	}
 
 	rows, err := tx.Query(ctx, rowsSQL, cfg.Window.Seconds(), cfg.Count)
@@ -281,7 +298,7 @@ func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, log *slog.Logger)
 	defer stopReading()
 	writeErr := make(chan error, 1)
 	go func() {
-		err := w.write(ctx, r, cfg, batches, free, log)
+		err := w.write(ctx, r, cfg, st, batches, free, log)
 		if err != nil {
 			stopReading()
 		}
@@ -332,7 +349,7 @@ func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, log *slog.Logger)
 
 // write writes batches as they come, pausing BatchDelay between them. A
 // batch whose every entry failed means Redis is down: the run fails.
-func (w *Warmer) write(ctx context.Context, r *Run, cfg Config, batches <-chan []tiers.Entry, free chan<- []tiers.Entry, log *slog.Logger) error {
+func (w *Warmer) write(ctx context.Context, r *Run, cfg Config, st tiers.Stamp, batches <-chan []tiers.Entry, free chan<- []tiers.Entry, log *slog.Logger) error {
 	first := true
 	for batch := range batches {
 		if !first && cfg.BatchDelay > 0 {
@@ -345,22 +362,31 @@ func (w *Warmer) write(ctx context.Context, r *Run, cfg Config, batches <-chan [
 			}
 		}
 		first = false
-		errs := w.cache.SetMany(ctx, batch, time.Now())
-		failed, firstErr := 0, error(nil)
-		for _, e := range errs {
-			if e != nil {
+		wctx, cancel := context.WithTimeout(ctx, cfg.WriteTimeout)
+		res, errs := w.cache.SetMany(wctx, batch, st)
+		cancel()
+		var warmed, failed, skipped int
+		var firstErr error
+		for i, r := range res {
+			switch r {
+			case tiers.Written:
+				warmed++
+			case tiers.Skipped:
+				skipped++
+			default:
 				failed++
 				if firstErr == nil {
-					firstErr = e
+					firstErr = errs[i]
 				}
 			}
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		p := r.batchDone(len(batch)-failed, failed)
-		log.Info(fmt.Sprintf("[CacheWarming] Progress: %d/%d (%d%%) - Failed: %d", p.Warmed+p.Failed, p.Total, percent(p.Warmed+p.Failed, p.Total), p.Failed),
-			"done", p.Warmed+p.Failed, "total", p.Total, "failed", p.Failed, "batch", p.Batches)
+		p := r.batchDone(warmed, failed, skipped)
+		done := p.Warmed + p.Failed + p.Skipped
+		log.Info(fmt.Sprintf("[CacheWarming] Progress: %d/%d (%d%%) - Failed: %d", done, p.Total, percent(done, p.Total), p.Failed),
+			"done", done, "total", p.Total, "failed", p.Failed, "skipped", p.Skipped, "batch", p.Batches)
 		if failed == len(batch) {
 			return fmt.Errorf("%w: %w", ErrRedis, firstErr)
 		}

@@ -533,7 +533,11 @@ type WarmCacheProgress struct {
 	// Batches written so far.
 	Batches int32 `protobuf:"varint,9,opt,name=batches,proto3" json:"batches,omitempty"`
 	// Identifies the run, so that callers who joined a running warm can tell.
-	RunId         string `protobuf:"bytes,10,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	RunId string `protobuf:"bytes,10,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	// Sessions deliberately not written: invalidated (revoked, banned, ...)
+	// after the run read them, or expired meanwhile. warmed + failed + skipped
+	// = total once done.
+	Skipped       int32 `protobuf:"varint,11,opt,name=skipped,proto3" json:"skipped,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -636,6 +640,13 @@ func (x *WarmCacheProgress) GetRunId() string {
 		return x.RunId
 	}
 	return ""
+}
+
+func (x *WarmCacheProgress) GetSkipped() int32 {
+	if x != nil {
+		return x.Skipped
+	}
+	return 0
 }
 
 type GetStatsRequest struct {
@@ -944,6 +955,7 @@ type WarmingRun struct {
 	Failed        int32                  `protobuf:"varint,5,opt,name=failed,proto3" json:"failed,omitempty"`
 	Outcome       WarmOutcome            `protobuf:"varint,6,opt,name=outcome,proto3,enum=sessiond.v1.WarmOutcome" json:"outcome,omitempty"`
 	Error         string                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	Skipped       int32                  `protobuf:"varint,8,opt,name=skipped,proto3" json:"skipped,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1025,6 +1037,13 @@ func (x *WarmingRun) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *WarmingRun) GetSkipped() int32 {
+	if x != nil {
+		return x.Skipped
+	}
+	return 0
 }
 
 type GetStatsResponse struct {
@@ -1237,7 +1256,7 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\n" +
 	"batch_size\x18\x03 \x01(\x05R\tbatchSize\x12:\n" +
 	"\vbatch_delay\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\n" +
-	"batchDelay\"\xcb\x02\n" +
+	"batchDelay\"\xe5\x02\n" +
 	"\x11WarmCacheProgress\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\x05R\x05total\x12\x16\n" +
 	"\x06warmed\x18\x02 \x01(\x05R\x06warmed\x12\x16\n" +
@@ -1249,7 +1268,8 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\x05error\x18\b \x01(\tR\x05error\x12\x18\n" +
 	"\abatches\x18\t \x01(\x05R\abatches\x12\x15\n" +
 	"\x06run_id\x18\n" +
-	" \x01(\tR\x05runId\"\x11\n" +
+	" \x01(\tR\x05runId\x12\x18\n" +
+	"\askipped\x18\v \x01(\x05R\askipped\"\x11\n" +
 	"\x0fGetStatsRequest\"\xaf\x02\n" +
 	"\n" +
 	"CacheStats\x12\x18\n" +
@@ -1278,7 +1298,7 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\vbatch_delay\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"batchDelay\x12.\n" +
 	"\x13recent_window_hours\x18\x04 \x01(\x05R\x11recentWindowHours\x12C\n" +
-	"\x10max_warming_time\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x0emaxWarmingTime\"\x94\x02\n" +
+	"\x10max_warming_time\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x0emaxWarmingTime\"\xae\x02\n" +
 	"\n" +
 	"WarmingRun\x129\n" +
 	"\n" +
@@ -1289,7 +1309,8 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\x06warmed\x18\x04 \x01(\x05R\x06warmed\x12\x16\n" +
 	"\x06failed\x18\x05 \x01(\x05R\x06failed\x122\n" +
 	"\aoutcome\x18\x06 \x01(\x0e2\x18.sessiond.v1.WarmOutcomeR\aoutcome\x12\x14\n" +
-	"\x05error\x18\a \x01(\tR\x05error\"\xdd\x01\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x12\x18\n" +
+	"\askipped\x18\b \x01(\x05R\askipped\"\xdd\x01\n" +
 	"\x10GetStatsResponse\x12-\n" +
 	"\x05cache\x18\x01 \x01(\v2\x17.sessiond.v1.CacheStatsR\x05cache\x12*\n" +
 	"\x04pool\x18\x02 \x01(\v2\x16.sessiond.v1.PoolStatsR\x04pool\x122\n" +
