@@ -58,6 +58,7 @@ func StartRedis(ctx context.Context, opts RedisOptions) (_ *Redis, err error) {
 				"--bind", "127.0.0.1",
 				"--save", "",
 				"--appendonly", "no",
+				"--hash-max-listpack-value", "256",
 				"--dir", dir,
 				"--daemonize", "no",
 			)

@@ -104,8 +104,7 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 	if err := CheckToken(token); err != nil {
 		return Result{}, err
 	}
-	hash := TokenHash(token)
-	key := Key(hash)
+	key := TokenKey(token)
 
 	l, err := rt.get(ctx, key)
 	switch {

@@ -141,6 +141,15 @@ func TokenHash(token string) string {
 // Key is the Redis key of the session whose token hashes to hash.
 func Key(hash string) string { return KeyPrefix + hash }
 
+// TokenKey is Key(TokenHash(token)) in one allocation: it is on the hot path.
+func TokenKey(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	var buf [len(KeyPrefix) + 2*sha256.Size]byte
+	copy(buf[:], KeyPrefix)
+	hex.Encode(buf[len(KeyPrefix):], sum[:])
+	return string(buf[:])
+}
+
 // ttlFor is how long a cache entry for r may live when written at now:
 // min(ttl, time left until the session expires). Zero or less means the
 // entry must not be written.

@@ -85,6 +85,7 @@ func TestKeys(t *testing.T) {
 		got  string
 	}{
 		{"presented token", Key(TokenHash("abc"))},
+		{"presented token, one allocation", TokenKey("abc")},
 		{"hash column", RowKey(abc, TokenStorageHash)},
 		{"hash column in capitals", RowKey(strings.ToUpper(abc), TokenStorageHash)},
 		{"plain column", RowKey("abc", TokenStoragePlain)},

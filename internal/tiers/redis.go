@@ -205,38 +205,54 @@ const (
 	fMissing = "missing" // marks a negative entry: no such session
 )
 
-// writeScript writes one entry unless the data it was read from may predate
-// an invalidation: the generation moved on since the read, or one of the
-// entry's tombstones is younger than the read (minus a margin for clock skew
-// between instances). Reading, checking and writing in one script leaves no
-// window for an invalidation to slip between them. An entry for a session
-// checks the tombstones of its user, its session and its token; a negative
-// entry (KEYS[2] empty) those of its token and of a session newly created
-// with it. A writer that brings a newer generation than Redis holds (Redis
-// was restarted empty) puts it back: generations never go backwards.
+// writeScript writes a batch of entries, each unless the data it was read
+// from may predate an invalidation: the generation moved on since the read,
+// or one of the entry's tombstones is younger than the read (minus a margin
+// for clock skew between instances). Reading, checking and writing in one
+// script leaves no window for an invalidation to slip between them, and one
+// script per batch (not per entry) keeps warming fast. An entry for a
+// session checks the tombstones of its user, its session and its token; a
+// negative entry (empty user set) those of its token and of a session newly
+// created with it. A writer that brings a newer generation than Redis holds
+// (Redis was restarted empty) puts it back: generations never go backwards.
+// It returns 1 (written) or 0 (refused) per entry.
 //
-// KEYS: entry, user set, three tombstones, generation.
-// ARGV: read start (ms), margin (ms), generation, expire at (ms), fields...
+// KEYS: generation, then per entry: entry, user set, three tombstones.
+// ARGV: read start (ms), margin (ms), generation, then per entry:
+// expire at (ms), number of field/value strings, fields...
 var writeScript = rueidis.NewLuaScript(`
-local g, w = tonumber(redis.call('GET', KEYS[6]) or '0'), tonumber(ARGV[3])
-if g > w then return 0 end
-if g < w then redis.call('SET', KEYS[6], ARGV[3]) end
+local n = (#KEYS - 1) / 5
+local out = {}
+local g, w = tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(ARGV[3])
+if g > w then
+  for i = 1, n do out[i] = 0 end
+  return out
+end
+if g < w then redis.call('SET', KEYS[1], ARGV[3]) end
 local limit = tonumber(ARGV[1]) - tonumber(ARGV[2])
-for i = 3, 5 do
-  if KEYS[i] ~= '' then
-    local t = redis.call('GET', KEYS[i])
-    if t and tonumber(t) >= limit then return 0 end
+local a = 4
+for i = 1, n do
+  local k = 2 + (i - 1) * 5
+  local exp, nf = ARGV[a], tonumber(ARGV[a + 1])
+  local ok = 1
+  for _, t in ipairs(redis.call('MGET', KEYS[k + 2], KEYS[k + 3], KEYS[k + 4])) do
+    if t and tonumber(t) >= limit then ok = 0 end
   end
+  if ok == 1 then
+    redis.call('DEL', KEYS[k])
+    redis.call('HSET', KEYS[k], unpack(ARGV, a + 2, a + 1 + nf))
+    redis.call('PEXPIREAT', KEYS[k], exp)
+    if KEYS[k + 1] ~= '' then
+      redis.call('SADD', KEYS[k + 1], KEYS[k])
+      if redis.call('PEXPIREAT', KEYS[k + 1], exp, 'GT') == 0 then
+        redis.call('PEXPIREAT', KEYS[k + 1], exp, 'NX')
+      end
+    end
+  end
+  out[i] = ok
+  a = a + 2 + nf
 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('PEXPIREAT', KEYS[1], ARGV[4])
-if KEYS[2] ~= '' then
-  redis.call('SADD', KEYS[2], KEYS[1])
-  redis.call('PEXPIREAT', KEYS[2], ARGV[4], 'NX')
-  redis.call('PEXPIREAT', KEYS[2], ARGV[4], 'GT')
-end
-return 1`)
+return out`)
 
 // dropUserScript drops a user's entries (all of them, or with ARGV[3] the
 // one of that session id) and leaves a tombstone.
@@ -438,8 +454,7 @@ func (r *Redis) SetMany(ctx context.Context, entries []Entry, st Stamp) ([]Write
 		}
 		return res, errs
 	}
-	execs := make([]rueidis.LuaExec, 0, len(entries))
-	idx := make([]int, 0, len(entries)) // entry index of each exec
+	w := r.newWrite(st, len(entries))
 	for i, e := range entries {
 		ttl := ttlFor(e.Record, st.ReadStart, r.opts.TTL)
 		if ttl <= 0 {
@@ -447,15 +462,10 @@ func (r *Redis) SetMany(ctx context.Context, entries []Entry, st Stamp) ([]Write
 			continue
 		}
 		rec := e.Record
-		execs = append(execs, rueidis.LuaExec{
-			Keys: []string{e.Key, UserSetPrefix + rec.UserID, TombPrefix + "u:" + rec.UserID, TombPrefix + "s:" + rec.ID, TombPrefix + "k:" + hashOf(e.Key), GenKey},
-			Args: r.writeArgs(st, st.ReadStart.Add(ttl), encode(rec)),
-		})
-		idx = append(idx, i)
+		w.add(i, st.ReadStart.Add(ttl), encode(rec),
+			e.Key, UserSetPrefix+rec.UserID, TombPrefix+"u:"+rec.UserID, TombPrefix+"s:"+rec.ID, TombPrefix+"k:"+hashOf(e.Key))
 	}
-	if len(execs) > 0 {
-		r.apply(writeScript.ExecMulti(ctx, c, execs...), idx, res, errs)
-	}
+	w.exec(ctx, c, res, errs)
 	return res, errs
 }
 
@@ -466,34 +476,51 @@ func (r *Redis) SetNegative(ctx context.Context, key string, st Stamp) (WriteRes
 	if err != nil {
 		return Failed, err
 	}
-	exec := rueidis.LuaExec{
-		Keys: []string{key, "", TombPrefix + "k:" + hashOf(key), TombPrefix + "n:" + hashOf(key), "", GenKey},
-		Args: r.writeArgs(st, st.ReadStart.Add(r.opts.NegativeTTL), []string{fMissing, "1"}),
-	}
 	res, errs := []WriteResult{0}, []error{nil}
-	r.apply([]rueidis.RedisResult{writeScript.Exec(ctx, c, exec.Keys, exec.Args)}, []int{0}, res, errs)
+	w := r.newWrite(st, 1)
+	w.add(0, st.ReadStart.Add(r.opts.NegativeTTL), []string{fMissing, "1"},
+		key, "", TombPrefix+"k:"+hashOf(key), TombPrefix+"n:"+hashOf(key), "")
+	w.exec(ctx, c, res, errs)
 	return res[0], errs[0]
 }
 
-func (r *Redis) writeArgs(st Stamp, expireAt time.Time, fields []string) []string {
-	args := make([]string, 0, 6+len(fields))
-	args = append(args,
-		strconv.FormatInt(st.ReadStart.UnixMilli(), 10),
-		strconv.FormatInt(r.opts.TombstoneMargin.Milliseconds(), 10),
-		strconv.FormatInt(st.Gen, 10),
-		strconv.FormatInt(expireAt.UnixMilli(), 10),
-		fGen, strconv.FormatInt(st.Gen, 10))
-	return append(args, fields...)
+// write gathers one call of writeScript.
+type write struct {
+	keys, args []string
+	idx        []int // entry index of each queued entry
 }
 
-func (r *Redis) apply(resps []rueidis.RedisResult, idx []int, res []WriteResult, errs []error) {
-	for j, resp := range resps {
-		i := idx[j]
-		n, err := resp.AsInt64()
+func (r *Redis) newWrite(st Stamp, n int) *write {
+	w := &write{keys: make([]string, 1, 1+5*n), args: make([]string, 3, 3+30*n), idx: make([]int, 0, n)}
+	w.keys[0] = GenKey
+	w.args[0] = strconv.FormatInt(st.ReadStart.UnixMilli(), 10)
+	w.args[1] = strconv.FormatInt(r.opts.TombstoneMargin.Milliseconds(), 10)
+	w.args[2] = strconv.FormatInt(st.Gen, 10)
+	return w
+}
+
+// add queues entry i: its five keys (entry, user set or "", three
+// tombstones or "") and its fields, plus the generation field.
+func (w *write) add(i int, expireAt time.Time, fields []string, keys ...string) {
+	w.keys = append(w.keys, keys...)
+	w.args = append(w.args, strconv.FormatInt(expireAt.UnixMilli(), 10), strconv.Itoa(len(fields)+2), fGen, w.args[2])
+	w.args = append(w.args, fields...)
+	w.idx = append(w.idx, i)
+}
+
+func (w *write) exec(ctx context.Context, c rueidis.Client, res []WriteResult, errs []error) {
+	if len(w.idx) == 0 {
+		return
+	}
+	out, err := writeScript.Exec(ctx, c, w.keys, w.args).AsIntSlice()
+	if err == nil && len(out) != len(w.idx) {
+		err = fmt.Errorf("%d results for %d entries", len(out), len(w.idx))
+	}
+	for j, i := range w.idx {
 		switch {
 		case err != nil:
 			res[i], errs[i] = Failed, fmt.Errorf("redis write: %w", err)
-		case n == 1:
+		case out[j] == 1:
 			res[i] = Written
 		default:
 			res[i] = Skipped

@@ -227,3 +227,5 @@ func TestRedisWritesAfterInvalidation(t *testing.T) {
 		}
 	})
 }
+
+func devtestRedisURL(tb testing.TB) string { return devtest.RedisURL(tb) }
