@@ -46,6 +46,7 @@ func (s *Server) stats() service.Stats {
 		NegativeHits:  c.NegativeHits.Load(),
 		Invalidations: s.redis.Invalidations(),
 		Misses:        c.Misses.Load(),
+		PostgresReads: c.PostgresReads.Load(),
 		Errors:        c.Errors.Load(),
 		PoolSize:      ps.TotalConns(),
 		PoolAvailable: ps.IdleConns(),

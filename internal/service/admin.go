@@ -35,6 +35,7 @@ type Stats struct {
 	RedisHits     int64
 	NegativeHits  int64
 	Misses        int64
+	PostgresReads int64
 	Errors        int64
 	Invalidations int64
 	PoolSize      int32
@@ -107,6 +108,7 @@ func (s *Service) GetStats(ctx context.Context, _ *sessiondv1.GetStatsRequest) (
 			Enabled: st.CacheEnabled, HitRate: rate, Hits: hits, Misses: st.Misses, Errors: st.Errors,
 			Invalidations: st.Invalidations, TtlSeconds: int64(st.CacheTTL.Seconds()),
 			LocalHits: st.LocalHits, RedisHits: st.RedisHits, NegativeHits: st.NegativeHits,
+			PostgresQueries: st.PostgresReads,
 		},
 		Pool: &sessiondv1.PoolStats{Size: st.PoolSize, Available: st.PoolAvailable, Pending: st.PoolPending},
 		Config: &sessiondv1.WarmingConfig{

@@ -690,7 +690,7 @@ type CacheStats struct {
 	Enabled bool                   `protobuf:"varint,1,opt,name=enabled,proto3" json:"enabled,omitempty"`
 	// Hits over ValidateSession answers since start, as a percentage.
 	HitRate float64 `protobuf:"fixed64,2,opt,name=hit_rate,json=hitRate,proto3" json:"hit_rate,omitempty"`
-	// Answers from the cache: local_hits + redis_hits.
+	// Answers from the cache: local_hits + redis_hits + negative_hits.
 	Hits int64 `protobuf:"varint,3,opt,name=hits,proto3" json:"hits,omitempty"`
 	// Answers that needed Postgres.
 	Misses int64 `protobuf:"varint,4,opt,name=misses,proto3" json:"misses,omitempty"`
@@ -704,9 +704,12 @@ type CacheStats struct {
 	// Answers from a Redis round trip.
 	RedisHits int64 `protobuf:"varint,9,opt,name=redis_hits,json=redisHits,proto3" json:"redis_hits,omitempty"`
 	// Answers from a cached "no such session".
-	NegativeHits  int64 `protobuf:"varint,10,opt,name=negative_hits,json=negativeHits,proto3" json:"negative_hits,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NegativeHits int64 `protobuf:"varint,10,opt,name=negative_hits,json=negativeHits,proto3" json:"negative_hits,omitempty"`
+	// Queries sent to Postgres by the read-through (concurrent misses for one
+	// token share one).
+	PostgresQueries int64 `protobuf:"varint,11,opt,name=postgres_queries,json=postgresQueries,proto3" json:"postgres_queries,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CacheStats) Reset() {
@@ -809,11 +812,21 @@ func (x *CacheStats) GetNegativeHits() int64 {
 	return 0
 }
 
+func (x *CacheStats) GetPostgresQueries() int64 {
+	if x != nil {
+		return x.PostgresQueries
+	}
+	return 0
+}
+
 type PoolStats struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Size          int32                  `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
-	Available     int32                  `protobuf:"varint,2,opt,name=available,proto3" json:"available,omitempty"`
-	Pending       int32                  `protobuf:"varint,3,opt,name=pending,proto3" json:"pending,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Connections open now (at most --pool-size).
+	Size int32 `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
+	// Of those, idle.
+	Available int32 `protobuf:"varint,2,opt,name=available,proto3" json:"available,omitempty"`
+	// Callers waiting for a connection now.
+	Pending       int32 `protobuf:"varint,3,opt,name=pending,proto3" json:"pending,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1270,7 +1283,7 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\x06run_id\x18\n" +
 	" \x01(\tR\x05runId\x12\x18\n" +
 	"\askipped\x18\v \x01(\x05R\askipped\"\x11\n" +
-	"\x0fGetStatsRequest\"\xaf\x02\n" +
+	"\x0fGetStatsRequest\"\xda\x02\n" +
 	"\n" +
 	"CacheStats\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x19\n" +
@@ -1286,7 +1299,8 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\n" +
 	"redis_hits\x18\t \x01(\x03R\tredisHits\x12#\n" +
 	"\rnegative_hits\x18\n" +
-	" \x01(\x03R\fnegativeHits\"W\n" +
+	" \x01(\x03R\fnegativeHits\x12)\n" +
+	"\x10postgres_queries\x18\v \x01(\x03R\x0fpostgresQueries\"W\n" +
 	"\tPoolStats\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\x05R\x04size\x12\x1c\n" +
 	"\tavailable\x18\x02 \x01(\x05R\tavailable\x12\x18\n" +
