@@ -60,6 +60,10 @@ check-generate: ## fail when gen/ is not what proto/ generates
 build: ## build bin/sessiond
 	$(GO) build -o $(BIN)/sessiond ./cmd/sessiond
 
+.PHONY: bench
+bench: deps ## sessionbench compare: sessiond vs no local cache vs direct Postgres vs a no-op gRPC server (throwaway servers, ~1.5 min)
+	$(GO) run ./cmd/sessionbench compare $(ARGS)
+
 .PHONY: fuzz
 fuzz: ## fuzz the ValidateSession request path (FUZZTIME=5m)
 	$(GO) test -run '^$$' -fuzz FuzzValidateSession -fuzztime $(or $(FUZZTIME),5m) ./internal/server

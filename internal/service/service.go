@@ -44,6 +44,18 @@ func (s *Service) ValidateSession(ctx context.Context, req *sessiondv1.ValidateS
 	if err != nil {
 		return nil, toStatus(ctx, s.log, "ValidateSession", err)
 	}
+	resp := Response(res)
+	// One record per validation, with the guide's fields; never the token.
+	// The Enabled check keeps the hot path free of this work at info level.
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.logValidation(ctx, res, time.Since(start))
+	}
+	return resp, nil
+}
+
+// Response is the ValidateSession answer for res: the session only when
+// valid, never the token.
+func Response(res tiers.Result) *sessiondv1.ValidateSessionResponse {
 	resp := &sessiondv1.ValidateSessionResponse{
 		Valid:  res.Valid(),
 		Reason: reasonToProto(res.Reason),
@@ -52,12 +64,7 @@ func (s *Service) ValidateSession(ctx context.Context, req *sessiondv1.ValidateS
 	if res.Valid() {
 		resp.Session = sessionToProto(res.Record)
 	}
-	// One record per validation, with the guide's fields; never the token.
-	// The Enabled check keeps the hot path free of this work at info level.
-	if s.log.Enabled(ctx, slog.LevelDebug) {
-		s.logValidation(ctx, res, time.Since(start))
-	}
-	return resp, nil
+	return resp
 }
 
 func (s *Service) logValidation(ctx context.Context, res tiers.Result, d time.Duration) {

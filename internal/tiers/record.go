@@ -151,10 +151,17 @@ func TokenKey(token string) string {
 }
 
 // ttlFor is how long a cache entry for r may live when written at now:
-// min(ttl, time left until the session expires). Zero or less means the
-// entry must not be written.
-func ttlFor(r *Record, now time.Time, ttl time.Duration) time.Duration {
-	return min(ttl, r.ExpiresAt.Sub(now))
+// min(ttl, time left until the session expires). A session that has already
+// expired is cached for expired (the negative TTL) instead, so that a
+// stream of an expired token costs one Postgres query per expired, not one
+// per call; an update of its expires_at fires the triggers like any other
+// change. Zero or less means the entry must not be written.
+func ttlFor(r *Record, now time.Time, ttl, expired time.Duration) time.Duration {
+	left := r.ExpiresAt.Sub(now)
+	if left <= 0 {
+		return expired
+	}
+	return min(ttl, left)
 }
 
 // RowKey is the Redis key for a session row whose token column holds stored:

@@ -105,9 +105,9 @@ func TestTTLFor(t *testing.T) {
 	}{
 		{"far expiry: the cache TTL", now.Add(time.Hour), 5 * time.Minute},
 		{"near expiry: until expiry", now.Add(time.Minute), time.Minute},
-		{"expired: nothing", now.Add(-time.Second), -time.Second},
+		{"expired: the negative TTL", now.Add(-time.Second), 30 * time.Second},
 	} {
-		if got := ttlFor(&Record{ExpiresAt: tt.expires}, now, 5*time.Minute); got != tt.want {
+		if got := ttlFor(&Record{ExpiresAt: tt.expires}, now, 5*time.Minute, 30*time.Second); got != tt.want {
 			t.Errorf("%s: ttl %v, want %v", tt.name, got, tt.want)
 		}
 	}

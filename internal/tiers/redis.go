@@ -456,7 +456,7 @@ func (r *Redis) SetMany(ctx context.Context, entries []Entry, st Stamp) ([]Write
 	}
 	w := r.newWrite(st, len(entries))
 	for i, e := range entries {
-		ttl := ttlFor(e.Record, st.ReadStart, r.opts.TTL)
+		ttl := ttlFor(e.Record, st.ReadStart, r.opts.TTL, r.opts.NegativeTTL)
 		if ttl <= 0 {
 			res[i] = Skipped
 			continue
