@@ -279,7 +279,8 @@ func TestWarmFilters(t *testing.T) {
 }
 
 func TestWarmEstimateWritesNothing(t *testing.T) {
-	h := start(t, devtest.Database(t), devtest.RedisURL(t))
+	// A run warms at most 2; the estimate says how many could be warmed.
+	h := start(t, devtest.Database(t), devtest.RedisURL(t), func(c *config.Config) { c.WarmCount = 2 })
 	h.addActive(5)
 	for _, tt := range []struct {
 		count int32

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -194,11 +195,14 @@ ORDER BY s.last_activity_at DESC
 LIMIT $2`
 )
 
-// Estimate counts the sessions a run of count would warm, writing nothing:
-// the guide's estimateWarmableSessionCount.
+// Estimate counts the warmable sessions (active within the window, valid),
+// at most count when count > 0, writing nothing: the guide's
+// estimateWarmableSessionCount. With count 0 it is not capped by the
+// configured run size, so that it can be compared with what a run warms
+// ("not enough sessions warmed" in the guide's troubleshooting).
 func (w *Warmer) Estimate(ctx context.Context, count int) (int, error) {
 	if count <= 0 {
-		count = w.cfg.Count
+		count = math.MaxInt32
 	}
 	tx, err := w.db.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
 	if err != nil {

@@ -447,8 +447,9 @@ type WarmCacheRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// How many sessions to warm at most; 0 means the server's default.
 	Count int32 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
-	// Only count the warmable sessions: one message with total and done=true,
-	// nothing written.
+	// Only count the warmable sessions (at most count when count > 0, else
+	// all in the window): one message with total and done=true, nothing
+	// written.
 	EstimateOnly bool `protobuf:"varint,2,opt,name=estimate_only,json=estimateOnly,proto3" json:"estimate_only,omitempty"`
 	// Sessions per pipelined batch; 0 means the server's default.
 	BatchSize int32 `protobuf:"varint,3,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
