@@ -173,7 +173,7 @@ func (s *Server) serverOptions() []grpc.ServerOption {
 		// A pool of handler goroutines whose stacks have already grown:
 		// a fresh goroutine per call spends a tenth of a cache hit's CPU
 		// growing its stack (measured with BenchmarkValidateSessionBufconn).
-		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))),
+		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second}),
 		grpc.ChainUnaryInterceptor(
