@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/sessiond/sessiond/internal/tiers"
 )
 
 // How the data is shaped. Every time is a whole number of microseconds,
@@ -246,17 +248,18 @@ func (s *sessionGen) next(row []any) Truth {
 	}
 }
 
-// verdict is the service's rule: valid iff the session has not expired, the
-// user is not deleted and any ban has lapsed; when invalid, deletion wins
-// over a ban, which wins over expiry.
+// verdict is the service's own rule (tiers.Check), so the truth a load
+// checks against cannot drift from what sessiond answers.
 func verdict(u userState, expiresAt, now time.Time) (bool, string) {
-	switch {
-	case !u.deletedAt.IsZero():
-		return false, ReasonUserDeleted
-	case !u.bannedUntil.IsZero() && u.bannedUntil.After(now):
-		return false, ReasonUserBanned
-	case !expiresAt.After(now):
-		return false, ReasonExpired
+	rec := &tiers.Record{ExpiresAt: expiresAt}
+	if !u.deletedAt.IsZero() {
+		rec.DeletedAt = &u.deletedAt
+	}
+	if !u.bannedUntil.IsZero() {
+		rec.BannedUntil = &u.bannedUntil
+	}
+	if r := tiers.Check(rec, now); r != tiers.ReasonNone {
+		return false, r.String()
 	}
 	return true, ""
 }

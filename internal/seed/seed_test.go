@@ -20,6 +20,7 @@ import (
 	"github.com/sessiond/sessiond/internal/devstack/devtest"
 	"github.com/sessiond/sessiond/internal/schema"
 	"github.com/sessiond/sessiond/internal/seed"
+	"github.com/sessiond/sessiond/internal/tiers"
 )
 
 // The three things callers hand to Load.
@@ -483,5 +484,20 @@ func BenchmarkLoad(b *testing.B) {
 			b.ReportMetric(float64(loads*(opts.Users+opts.Sessions))/elapsed.Seconds(), "rows/s")
 			b.ReportMetric(float64(loads*opts.Sessions)/elapsed.Seconds(), "sessions/s")
 		})
+	}
+}
+
+// The truth's reasons are the service's own names for them.
+func TestReasonsAreTheServicesNames(t *testing.T) {
+	for _, tt := range []struct {
+		seed string
+		svc  tiers.Reason
+	}{
+		{seed.ReasonNotFound, tiers.ReasonNotFound}, {seed.ReasonExpired, tiers.ReasonExpired},
+		{seed.ReasonUserDeleted, tiers.ReasonUserDeleted}, {seed.ReasonUserBanned, tiers.ReasonUserBanned},
+	} {
+		if tt.seed != tt.svc.String() {
+			t.Errorf("seed says %q, the service %q", tt.seed, tt.svc.String())
+		}
 	}
 }
