@@ -396,17 +396,7 @@ func TestWarmInterrupted(t *testing.T) {
 
 func waitFor(t *testing.T, within time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %v", within, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	devtest.Eventually(t, within, f)
 }
 
 func TestStats(t *testing.T) {

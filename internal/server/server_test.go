@@ -275,20 +275,10 @@ func (h *harness) mustValidate(token string) *sessiondv1.ValidateSessionResponse
 	return resp
 }
 
-// eventually calls f until it returns nil or the deadline passes.
+// eventually is devtest.Eventually, named for these tests' call sites.
 func eventually(t *testing.T, within time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %v", within, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	devtest.Eventually(t, within, f)
 }
 
 func isCacheSource(s sessiondv1.Source) bool {

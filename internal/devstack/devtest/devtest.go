@@ -289,3 +289,21 @@ func claimRedisDB(t testing.TB, rawURL string) (string, error) {
 }
 
 func claimKey(db int) string { return "devtest:db:" + strconv.Itoa(db) }
+
+// Eventually calls f until it returns nil, failing t with f's last error if
+// that has not happened within the deadline: for waiting on a condition
+// instead of sleeping a guessed time.
+func Eventually(t testing.TB, within time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %v: %v", within, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
