@@ -74,7 +74,8 @@ func printStats(w io.Writer, addr string, st *sessiondv1.GetStatsResponse, now t
 	line("Hits", "%d (local %d / redis %d / negative %d)", c.GetHits(), c.GetLocalHits(), c.GetRedisHits(), c.GetNegativeHits())
 	line("Misses", "%d", c.GetMisses())
 	line("Errors", "%d%s", c.GetErrors(), errorsFlag(c.GetErrors(), ops))
-	line("Invalidations", "%d", c.GetInvalidations())
+	line("Invalidations", "%d (notifications %d, resyncs %d)", c.GetInvalidations(), c.GetNotifications(), c.GetResyncs())
+	line("Postgres queries", "%d", c.GetPostgresQueries())
 	line("TTL", "%s", time.Duration(c.GetTtlSeconds())*time.Second)
 
 	p := st.GetPool()

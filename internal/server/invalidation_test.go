@@ -155,6 +155,9 @@ func TestInvalidateSessionsRPC(t *testing.T) {
 	if st.GetCache().GetInvalidations() < 3 {
 		t.Errorf("invalidations %d, want at least 3", st.GetCache().GetInvalidations())
 	}
+	if st.GetCache().GetResyncs() != 1 { // the listener's first connection
+		t.Errorf("resyncs %d, want 1", st.GetCache().GetResyncs())
+	}
 
 	for _, bad := range []*sessiondv1.InvalidateSessionsRequest{
 		{},

@@ -47,6 +47,8 @@ func (s *Server) stats() service.Stats {
 		Invalidations: s.redis.Invalidations(),
 		Misses:        c.Misses.Load(),
 		PostgresReads: c.PostgresReads.Load(),
+		Resyncs:       s.inval.Resyncs(),
+		Notifications: s.inval.Notifications(),
 		Errors:        c.Errors.Load(),
 		PoolSize:      ps.TotalConns(),
 		PoolAvailable: ps.IdleConns(),

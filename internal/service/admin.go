@@ -36,6 +36,8 @@ type Stats struct {
 	NegativeHits  int64
 	Misses        int64
 	PostgresReads int64
+	Resyncs       int64
+	Notifications int64
 	Errors        int64
 	Invalidations int64
 	PoolSize      int32
@@ -108,7 +110,7 @@ func (s *Service) GetStats(ctx context.Context, _ *sessiondv1.GetStatsRequest) (
 			Enabled: st.CacheEnabled, HitRate: rate, Hits: hits, Misses: st.Misses, Errors: st.Errors,
 			Invalidations: st.Invalidations, TtlSeconds: int64(st.CacheTTL.Seconds()),
 			LocalHits: st.LocalHits, RedisHits: st.RedisHits, NegativeHits: st.NegativeHits,
-			PostgresQueries: st.PostgresReads,
+			PostgresQueries: st.PostgresReads, Resyncs: st.Resyncs, Notifications: st.Notifications,
 		},
 		Pool: &sessiondv1.PoolStats{Size: st.PoolSize, Available: st.PoolAvailable, Pending: st.PoolPending},
 		Config: &sessiondv1.WarmingConfig{

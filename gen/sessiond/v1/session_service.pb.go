@@ -709,8 +709,14 @@ type CacheStats struct {
 	// Queries sent to Postgres by the read-through (concurrent misses for one
 	// token share one).
 	PostgresQueries int64 `protobuf:"varint,11,opt,name=postgres_queries,json=postgresQueries,proto3" json:"postgres_queries,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Times this instance dropped everything cached (bumped the cache
+	// generation) because it could not vouch for it: its invalidation
+	// listener (re)connected, or an invalidation could not reach Redis.
+	Resyncs int64 `protobuf:"varint,12,opt,name=resyncs,proto3" json:"resyncs,omitempty"`
+	// Change notifications from the database triggers handled.
+	Notifications int64 `protobuf:"varint,13,opt,name=notifications,proto3" json:"notifications,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CacheStats) Reset() {
@@ -816,6 +822,20 @@ func (x *CacheStats) GetNegativeHits() int64 {
 func (x *CacheStats) GetPostgresQueries() int64 {
 	if x != nil {
 		return x.PostgresQueries
+	}
+	return 0
+}
+
+func (x *CacheStats) GetResyncs() int64 {
+	if x != nil {
+		return x.Resyncs
+	}
+	return 0
+}
+
+func (x *CacheStats) GetNotifications() int64 {
+	if x != nil {
+		return x.Notifications
 	}
 	return 0
 }
@@ -1284,7 +1304,7 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\x06run_id\x18\n" +
 	" \x01(\tR\x05runId\x12\x18\n" +
 	"\askipped\x18\v \x01(\x05R\askipped\"\x11\n" +
-	"\x0fGetStatsRequest\"\xda\x02\n" +
+	"\x0fGetStatsRequest\"\x9a\x03\n" +
 	"\n" +
 	"CacheStats\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x19\n" +
@@ -1301,7 +1321,9 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"redis_hits\x18\t \x01(\x03R\tredisHits\x12#\n" +
 	"\rnegative_hits\x18\n" +
 	" \x01(\x03R\fnegativeHits\x12)\n" +
-	"\x10postgres_queries\x18\v \x01(\x03R\x0fpostgresQueries\"W\n" +
+	"\x10postgres_queries\x18\v \x01(\x03R\x0fpostgresQueries\x12\x18\n" +
+	"\aresyncs\x18\f \x01(\x03R\aresyncs\x12$\n" +
+	"\rnotifications\x18\r \x01(\x03R\rnotifications\"W\n" +
 	"\tPoolStats\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\x05R\x04size\x12\x1c\n" +
 	"\tavailable\x18\x02 \x01(\x05R\tavailable\x12\x18\n" +
