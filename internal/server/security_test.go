@@ -2,17 +2,11 @@ package server_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -34,117 +28,6 @@ import (
 	"github.com/sessiond/sessiond/internal/devstack/devtest"
 	"github.com/sessiond/sessiond/internal/server"
 )
-
-// testCA is a certificate authority made for one test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-func newKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key
-}
-
-// issue returns a PEM certificate and key signed by ca: a server certificate
-// for 127.0.0.1 and localhost, or a client certificate.
-func (ca *testCA) issue(t *testing.T, name string, server bool) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key := newKey(t)
-	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.DNSNames = []string{"localhost"}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
-}
-
-func (ca *testCA) pool() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(ca.cert)
-	return p
-}
-
-// pki is every certificate the transport tests use, the server's as files.
-type pki struct {
-	ca, otherCA                   *testCA
-	serverCert, serverKey, caFile string // files
-	client, otherClient           tls.Certificate
-}
-
-func newPKI(t *testing.T) *pki {
-	t.Helper()
-	p := &pki{ca: newTestCA(t, "sessiond test CA"), otherCA: newTestCA(t, "some other CA")}
-	dir := t.TempDir()
-	write := func(name string, b []byte) string {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
-	certPEM, keyPEM := p.ca.issue(t, "sessiond", true)
-	p.serverCert, p.serverKey, p.caFile = write("server.pem", certPEM), write("server-key.pem", keyPEM), write("ca.pem", p.ca.pem)
-	pair := func(certPEM, keyPEM []byte) tls.Certificate {
-		c, err := tls.X509KeyPair(certPEM, keyPEM)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	p.client = pair(p.ca.issue(t, "good client", false))
-	p.otherClient = pair(p.otherCA.issue(t, "stranger", false))
-	return p
-}
 
 // clientCreds is how a test client connects.
 type clientCreds struct {
@@ -174,12 +57,12 @@ func (c clientCreds) dial(t *testing.T, addr string) *grpc.ClientConn {
 func (h *harness) addr() string { return h.conn.Target() }
 
 func TestTransportSecurity(t *testing.T) {
-	p := newPKI(t)
+	p := devtest.NewPKI(t)
 	plain := clientCreds{}
-	trusting := clientCreds{tls: true, roots: p.ca.pool()}
-	distrusting := clientCreds{tls: true, roots: p.otherCA.pool()}
-	withCert := clientCreds{tls: true, roots: p.ca.pool(), certs: []tls.Certificate{p.client}}
-	withStrangerCert := clientCreds{tls: true, roots: p.ca.pool(), certs: []tls.Certificate{p.otherClient}}
+	trusting := clientCreds{tls: true, roots: p.CAPool}
+	distrusting := clientCreds{tls: true, roots: p.OtherCAPool}
+	withCert := clientCreds{tls: true, roots: p.CAPool, certs: []tls.Certificate{p.Client}}
+	withStrangerCert := clientCreds{tls: true, roots: p.CAPool, certs: []tls.Certificate{p.Stranger}}
 
 	type client struct {
 		name  string
@@ -196,13 +79,13 @@ func TestTransportSecurity(t *testing.T) {
 			{"plaintext client", plain, true},
 			{"TLS client", trusting, false},
 		}},
-		{"TLS", func(c *config.Config) { c.TLSCert, c.TLSKey = p.serverCert, p.serverKey }, trusting, []client{
+		{"TLS", func(c *config.Config) { c.TLSCert, c.TLSKey = p.ServerCert, p.ServerKey }, trusting, []client{
 			{"client trusting the CA", trusting, true},
 			{"client trusting the CA, with a certificate it need not show", withCert, true},
 			{"plaintext client", plain, false},
 			{"client not trusting the CA", distrusting, false},
 		}},
-		{"mutual TLS", func(c *config.Config) { c.TLSCert, c.TLSKey, c.TLSClientCA = p.serverCert, p.serverKey, p.caFile }, withCert, []client{
+		{"mutual TLS", func(c *config.Config) { c.TLSCert, c.TLSKey, c.TLSClientCA = p.ServerCert, p.ServerKey, p.CAFile }, withCert, []client{
 			{"client with a certificate from the CA", withCert, true},
 			{"client without a certificate", trusting, false},
 			{"client with a certificate from another CA", withStrangerCert, false},
@@ -353,7 +236,7 @@ func listServices(ctx context.Context, conn *grpc.ClientConn) error {
 // Bad security settings stop New before anything starts, naming the setting
 // (and the file); the token never shows.
 func TestSecurityConfigErrors(t *testing.T) {
-	p := newPKI(t)
+	p := devtest.NewPKI(t)
 	missing := filepath.Join(t.TempDir(), "missing.pem")
 	notPEM := filepath.Join(t.TempDir(), "not.pem")
 	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
@@ -364,14 +247,14 @@ func TestSecurityConfigErrors(t *testing.T) {
 		opt  option
 		want []string
 	}{
-		{"cert without key", func(c *config.Config) { c.TLSCert = p.serverCert }, []string{"--tls-key", "required with --tls-cert"}},
-		{"key without cert", func(c *config.Config) { c.TLSKey = p.serverKey }, []string{"--tls-cert", "required with --tls-key"}},
-		{"client CA without TLS", func(c *config.Config) { c.TLSClientCA = p.caFile }, []string{"--tls-client-ca", "requires --tls-cert"}},
-		{"missing cert file", func(c *config.Config) { c.TLSCert, c.TLSKey = missing, p.serverKey }, []string{"--tls-cert", missing}},
-		{"missing key file", func(c *config.Config) { c.TLSCert, c.TLSKey = p.serverCert, missing }, []string{"--tls-key", missing}},
-		{"cert and key that do not match", func(c *config.Config) { c.TLSCert, c.TLSKey = p.serverCert, notPEM }, []string{"--tls-cert", "--tls-key", notPEM}},
-		{"missing client CA", func(c *config.Config) { c.TLSCert, c.TLSKey, c.TLSClientCA = p.serverCert, p.serverKey, missing }, []string{"--tls-client-ca", missing}},
-		{"client CA not PEM", func(c *config.Config) { c.TLSCert, c.TLSKey, c.TLSClientCA = p.serverCert, p.serverKey, notPEM }, []string{"--tls-client-ca", notPEM}},
+		{"cert without key", func(c *config.Config) { c.TLSCert = p.ServerCert }, []string{"--tls-key", "required with --tls-cert"}},
+		{"key without cert", func(c *config.Config) { c.TLSKey = p.ServerKey }, []string{"--tls-cert", "required with --tls-key"}},
+		{"client CA without TLS", func(c *config.Config) { c.TLSClientCA = p.CAFile }, []string{"--tls-client-ca", "requires --tls-cert"}},
+		{"missing cert file", func(c *config.Config) { c.TLSCert, c.TLSKey = missing, p.ServerKey }, []string{"--tls-cert", missing}},
+		{"missing key file", func(c *config.Config) { c.TLSCert, c.TLSKey = p.ServerCert, missing }, []string{"--tls-key", missing}},
+		{"cert and key that do not match", func(c *config.Config) { c.TLSCert, c.TLSKey = p.ServerCert, notPEM }, []string{"--tls-cert", "--tls-key", notPEM}},
+		{"missing client CA", func(c *config.Config) { c.TLSCert, c.TLSKey, c.TLSClientCA = p.ServerCert, p.ServerKey, missing }, []string{"--tls-client-ca", missing}},
+		{"client CA not PEM", func(c *config.Config) { c.TLSCert, c.TLSKey, c.TLSClientCA = p.ServerCert, p.ServerKey, notPEM }, []string{"--tls-client-ca", notPEM}},
 		{"token with a space", func(c *config.Config) { c.AdminToken = "two words" }, []string{"--admin-token", "$SESSIOND_ADMIN_TOKEN"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
