@@ -423,7 +423,7 @@ func TestCachedAnswersFollowTheClock(t *testing.T) {
 	if r := h.mustValidate(s.token); r.GetReason() != sessiondv1.Reason_REASON_USER_BANNED {
 		t.Fatalf("during the ban: %v", r)
 	}
-	eventually(t, time.Second, func() error {
+	eventually(t, 5*time.Second, func() error {
 		if r := h.mustValidate(s.token); r.GetSource() != sessiondv1.Source_SOURCE_LOCAL {
 			return errors.New("not yet in the local cache")
 		}
