@@ -53,9 +53,6 @@ func NewPostgres(pool *pgxpool.Pool, storage TokenStorage) *Postgres {
 	return &Postgres{pool: pool, storage: storage}
 }
 
-// Pool is the underlying pool.
-func (p *Postgres) Pool() *pgxpool.Pool { return p.pool }
-
 // Lookup returns the session whose token is token (raw, as presented) joined
 // with its user, or nil when there is none. It returns an error wrapping
 // ErrUnavailable when Postgres cannot be reached or cannot answer now, the

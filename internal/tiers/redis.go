@@ -73,7 +73,6 @@ type RedisOptions struct {
 type Redis struct {
 	client   atomic.Pointer[rueidis.Client]
 	opts     RedisOptions
-	ready    chan struct{}
 	genFloor atomic.Int64 // the generation this instance has bumped to
 	tombs    *localTombs
 	// distrust is set while an invalidation could not be applied to Redis:
@@ -155,16 +154,12 @@ func NewRedis(c rueidis.Client, o RedisOptions) *Redis {
 }
 
 func newRedis(o RedisOptions) *Redis {
-	return &Redis{opts: o, ready: make(chan struct{}), tombs: newLocalTombs(o.LocalTombstoneTTL)}
+	return &Redis{opts: o, tombs: newLocalTombs(o.LocalTombstoneTTL)}
 }
 
 func (r *Redis) setClient(c rueidis.Client) {
 	r.client.Store(&c)
-	close(r.ready)
 }
-
-// Ready is closed once Redis has been connected.
-func (r *Redis) Ready() <-chan struct{} { return r.ready }
 
 // Client returns the rueidis client, or ErrRedisNotConnected.
 func (r *Redis) Client() (rueidis.Client, error) {
@@ -174,9 +169,6 @@ func (r *Redis) Client() (rueidis.Client, error) {
 	}
 	return *c, nil
 }
-
-// TTL is the configured cap on an entry's life.
-func (r *Redis) TTL() time.Duration { return r.opts.TTL }
 
 // Close closes the client, if any.
 func (r *Redis) Close() {
