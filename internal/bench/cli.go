@@ -193,7 +193,7 @@ with real gRPC clients:
                             31 days, no batch delay), ready before measuring
   sessiond, no local cache  the same with LocalCache=false: a Redis round trip per call
   direct postgres           one pgx query per call (tiers.Postgres.Lookup + tiers.Check)
-  no-op gRPC                a constant answer: the floor of any gRPC service here
+  no-op gRPC                a constant answer (a valid session of the usual size): the floor of any gRPC service here
 each in a closed loop with --concurrency callers, then with 1 caller (and, with
 --rate, an open loop at that rate). Without --database-url/--redis-url it starts
 throwaway servers and removes them when done, also on Ctrl-C. The default run takes
