@@ -8,17 +8,22 @@ import (
 
 // localTombs remembers, for a short while, the keys, sessions and users this
 // instance invalidated, so that it does not believe a local copy of them that
-// Redis has not yet told it to drop. Checking costs one atomic load while
-// none is held, which is nearly always.
+// Redis has not yet told it to drop. While none is live, which is nearly
+// always, a check is one atomic load and a clock read.
 type localTombs struct {
-	ttl   time.Duration
-	n     atomic.Int64 // tombstones held, expired or not
-	mu    sync.Mutex
-	until map[string]time.Time // "k:"/"n:"+hash, "s:"+session id, "u:"+user id
+	ttl time.Duration
+	// liveUntil is when the last tombstone expires (Unix ns): past it, none
+	// is live and no lookup is needed.
+	liveUntil atomic.Int64
+	mu        sync.Mutex
+	until     map[string]time.Time // "k:"/"n:"+hash, "s:"+session id, "u:"+user id
+	pruneAt   int                  // map size at which expired entries are next swept
 }
 
+const minPruneAt = 64
+
 func newLocalTombs(ttl time.Duration) *localTombs {
-	return &localTombs{ttl: ttl, until: map[string]time.Time{}}
+	return &localTombs{ttl: ttl, until: map[string]time.Time{}, pruneAt: minPruneAt}
 }
 
 func (t *localTombs) mark(id string) {
@@ -28,20 +33,26 @@ func (t *localTombs) mark(id string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := time.Now()
-	for k, u := range t.until { // keep the map small: it only holds seconds' worth
-		if now.After(u) {
-			delete(t.until, k)
+	// Sweeping only when the map has doubled since the last sweep keeps a
+	// burst of invalidations (a bulk ban) linear, not quadratic.
+	if len(t.until) >= t.pruneAt {
+		for k, u := range t.until {
+			if now.After(u) {
+				delete(t.until, k)
+			}
 		}
+		t.pruneAt = max(minPruneAt, 2*len(t.until))
 	}
-	t.until[id] = now.Add(t.ttl)
-	t.n.Store(int64(len(t.until)))
+	until := now.Add(t.ttl)
+	t.until[id] = until
+	t.liveUntil.Store(until.UnixNano())
 }
 
 // active reports whether what was read under key is tombstoned: a session
 // by its token, session or user; a negative answer by its token, or by a
 // session created with that token ("n:").
 func (t *localTombs) active(key string, l Lookup) bool {
-	if t.n.Load() == 0 {
+	if time.Now().UnixNano() > t.liveUntil.Load() {
 		return false
 	}
 	t.mu.Lock()

@@ -1,0 +1,52 @@
+package tiers
+
+import (
+	"strconv"
+	"testing"
+	"time"
+)
+
+func TestLocalTombs(t *testing.T) {
+	rec := &Record{ID: "s1", UserID: "u1"}
+	key := "session:abc"
+	tests := []struct {
+		name string
+		mark string
+		l    Lookup
+		want bool
+	}{
+		{"nothing marked", "", Lookup{Record: rec}, false},
+		{"token", "k:abc", Lookup{Record: rec}, true},
+		{"session", "s:s1", Lookup{Record: rec}, true},
+		{"user", "u:u1", Lookup{Record: rec}, true},
+		{"another user", "u:u2", Lookup{Record: rec}, false},
+		{"new session with the token: a negative is distrusted", "n:abc", Lookup{Negative: true}, true},
+		{"new session with the token: the session itself is not", "n:abc", Lookup{Record: rec}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tb := newLocalTombs(time.Hour)
+			if tt.mark != "" {
+				tb.mark(tt.mark)
+			}
+			if got := tb.active(key, tt.l); got != tt.want {
+				t.Errorf("active = %v, want %v", got, tt.want)
+			}
+		})
+	}
+
+	t.Run("expired tombstones are not live and are swept", func(t *testing.T) {
+		tb := newLocalTombs(time.Nanosecond)
+		for i := range 10_000 {
+			tb.mark("u:" + strconv.Itoa(i))
+		}
+		time.Sleep(time.Millisecond) // past the 1 ns TTL: waiting for the clock
+		if tb.active(key, Lookup{Record: &Record{ID: "s", UserID: "9999"}}) {
+			t.Error("an expired tombstone is live")
+		}
+		tb.mark("u:last")
+		if n := len(tb.until); n > 2*minPruneAt {
+			t.Errorf("%d tombstones held after a sweep, want expired ones gone", n)
+		}
+	})
+}
