@@ -101,8 +101,8 @@ func newFlagSet(name, summary string, env Env) *flag.FlagSet {
 	return fs
 }
 
-// parse fills cfg from env and args and validates it.
-func parse(fs *flag.FlagSet, cfg *config.Config, args []string, env Env) error {
+// parse sets fs's flags from env and args; a bad value is a usage error.
+func parse(fs *flag.FlagSet, args []string, env Env) error {
 	if err := config.Parse(fs, args, env.Getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -129,7 +129,7 @@ func serve(ctx context.Context, args []string, env Env) error {
 	cfg := config.Default()
 	fs := newFlagSet("serve", "Serve SessionService, gRPC health and reflection.", env)
 	cfg.RegisterFlags(fs)
-	if err := parse(fs, &cfg, args, env); err != nil {
+	if err := parse(fs, args, env); err != nil {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
@@ -152,7 +152,7 @@ func migrate(ctx context.Context, args []string, env Env) error {
 	fs := newFlagSet("migrate", "Create schema platform, its two tables and the warming and lookup indexes where absent,\nand the triggers that tell sessiond what to drop from its cache.\nIdempotent; never drops or alters the application's tables.", env)
 	fs.StringVar(&cfg.DatabaseURL, "database-url", "", "Postgres URL")
 	triggers := fs.Bool("triggers", true, "install the change-notification triggers (sessiond_* on user_sessions and users); without them, call InvalidateSessions")
-	if err := parse(fs, &cfg, args, env); err != nil {
+	if err := parse(fs, args, env); err != nil {
 		return err
 	}
 	if cfg.DatabaseURL == "" {

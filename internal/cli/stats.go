@@ -26,7 +26,7 @@ the warming guide's thresholds (hit rate under 80% or 50%, Redis errors over 5%
 of answers, more than 10 or 20 callers waiting for Postgres).`, env)
 	sec := registerAddr(fs, &addr)
 	fs.BoolVar(&asJSON, "json", false, "print the response as one JSON object")
-	if err := parse(fs, nil, args, env); err != nil {
+	if err := parse(fs, args, env); err != nil {
 		return err
 	}
 	if err := checkAddr(addr); err != nil {

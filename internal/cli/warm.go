@@ -46,7 +46,7 @@ did not or the call failed, 2 for bad flags.`, env)
 	fs.Var(&o.batchDelay, "batch-delay", "pause between batches, a `duration`, 0 for none (default: the server's --warm-batch-delay)")
 	fs.BoolVar(&o.json, "json", false, "print each progress message as a JSON object, one per line, and nothing else")
 	fs.DurationVar(&o.timeout, "timeout", 0, "give up after this long, stopping a run nobody else watches (0: no limit; the server bounds a run by its --warm-timeout)")
-	if err := parse(fs, nil, args, env); err != nil {
+	if err := parse(fs, args, env); err != nil {
 		return err
 	}
 	if err := o.validate(); err != nil {

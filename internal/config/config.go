@@ -20,14 +20,14 @@ type Config struct {
 	DatabaseURL string
 	RedisURL    string
 
-	TokenStorage    string
-	CacheTTL        time.Duration
-	LocalCache      bool
-	LocalCacheMiB   int
-	RedisTimeout    time.Duration
-	RedisHealthWait time.Duration
-	PostgresTimeout time.Duration
-	PoolSize        int
+	TokenStorage     string
+	CacheTTL         time.Duration
+	LocalCache       bool
+	LocalCacheMiB    int
+	RedisTimeout     time.Duration
+	RedisConnTimeout time.Duration
+	PostgresTimeout  time.Duration
+	PoolSize         int
 
 	WarmOnStart     bool
 	WarmCount       int
@@ -70,17 +70,17 @@ func Default() Config {
 		// copies, when the PING is not answered within this: a silent
 		// connection is noticed within 2 intervals + this = 1.5 × 1.2 s =
 		// 1.8 s, under the 2 s that sessiond promises.
-		RedisHealthWait: 1200 * time.Millisecond,
-		PostgresTimeout: 2 * time.Second,
-		PoolSize:        8,
-		WarmOnStart:     true,
-		WarmCount:       1000,
-		WarmBatchSize:   100,
-		WarmBatchDelay:  50 * time.Millisecond,
-		WarmWindow:      24 * time.Hour,
-		WarmTimeout:     5 * time.Minute,
-		RewarmInterval:  time.Hour,
-		RewarmThreshold: 85,
+		RedisConnTimeout: 1200 * time.Millisecond,
+		PostgresTimeout:  2 * time.Second,
+		PoolSize:         8,
+		WarmOnStart:      true,
+		WarmCount:        1000,
+		WarmBatchSize:    100,
+		WarmBatchDelay:   50 * time.Millisecond,
+		WarmWindow:       24 * time.Hour,
+		WarmTimeout:      5 * time.Minute,
+		RewarmInterval:   time.Hour,
+		RewarmThreshold:  85,
 		// An unknown token costs one Postgres query per 30 s, not per call.
 		NegativeTTL:         30 * time.Second,
 		Invalidation:        true,
@@ -116,7 +116,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.LocalCache, "local-cache", c.LocalCache, "serve hot sessions from the in-process client-side cache that Redis invalidates")
 	fs.IntVar(&c.LocalCacheMiB, "local-cache-mib", c.LocalCacheMiB, "client-side cache size per Redis connection, MiB")
 	fs.DurationVar(&c.RedisTimeout, "redis-timeout", c.RedisTimeout, "bound on each Redis call (a slower answer counts as a miss)")
-	fs.DurationVar(&c.RedisHealthWait, "redis-conn-timeout", c.RedisHealthWait, "how long a silent Redis connection is trusted before it and its local cache are dropped")
+	fs.DurationVar(&c.RedisConnTimeout, "redis-conn-timeout", c.RedisConnTimeout, "how long a silent Redis connection is trusted before it and its local cache are dropped")
 	fs.DurationVar(&c.PostgresTimeout, "postgres-timeout", c.PostgresTimeout, "bound on each Postgres query (past it the answer is UNAVAILABLE)")
 	fs.IntVar(&c.PoolSize, "pool-size", c.PoolSize, "Postgres connection pool size")
 	fs.BoolVar(&c.WarmOnStart, "warm-on-start", c.WarmOnStart, "warm the cache at start; health is NOT_SERVING until that run ends")
@@ -191,7 +191,7 @@ func (c *Config) Validate() error {
 		name string
 		d    time.Duration
 	}{
-		{"cache-ttl", c.CacheTTL}, {"redis-timeout", c.RedisTimeout}, {"redis-conn-timeout", c.RedisHealthWait},
+		{"cache-ttl", c.CacheTTL}, {"redis-timeout", c.RedisTimeout}, {"redis-conn-timeout", c.RedisConnTimeout},
 		{"postgres-timeout", c.PostgresTimeout}, {"warm-window", c.WarmWindow}, {"warm-timeout", c.WarmTimeout},
 		{"shutdown-timeout", c.ShutdownTimeout}, {"activity-interval", c.ActivityInterval},
 		{"activity-granularity", c.ActivityGranularity},

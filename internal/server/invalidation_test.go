@@ -338,7 +338,7 @@ func TestHalfOpenRedisStopsLocalAnswers(t *testing.T) {
 		return nil
 	})
 	t.Logf("last local answer %v after the connection went silent", lastLocal)
-	if bound := 3 * h.cfg.RedisHealthWait / 2; lastLocal > bound+time.Second {
+	if bound := 3 * h.cfg.RedisConnTimeout / 2; lastLocal > bound+time.Second {
 		t.Errorf("local answers went on for %v, past the %v bound", lastLocal, bound)
 	}
 }

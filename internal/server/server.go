@@ -105,7 +105,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, err
 		TTL:              cfg.CacheTTL,
 		LocalCache:       cfg.LocalCache,
 		LocalCacheBytes:  cfg.LocalCacheMiB << 20,
-		ConnWriteTimeout: cfg.RedisHealthWait,
+		ConnWriteTimeout: cfg.RedisConnTimeout,
 		DialTimeout:      cfg.PostgresTimeout,
 		NegativeTTL:      cfg.NegativeTTL,
 		// An invalidation must outlive every read that could predate it and
@@ -114,8 +114,8 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, err
 		TombstoneMargin: time.Second,
 		// Redis's invalidation message arrives in milliseconds on a live
 		// connection, and a dead one is dropped (with its local copies)
-		// within 1.25 × RedisHealthWait.
-		LocalTombstoneTTL: 2 * cfg.RedisHealthWait,
+		// within 1.25 × RedisConnTimeout.
+		LocalTombstoneTTL: 2 * cfg.RedisConnTimeout,
 	}, log)
 	if err != nil {
 		stop()

@@ -652,7 +652,7 @@ func TestPostgresStopped(t *testing.T) {
 	}
 }
 
-func TestHealthAndReflection(t *testing.T) {
+func TestHealthServingAndCleanShutdown(t *testing.T) {
 	h := start(t, devtest.Database(t), devtest.RedisURL(t))
 	for _, svc := range []string{"", server.ServiceName} {
 		eventually(t, 5*time.Second, func() error {

@@ -53,7 +53,6 @@ type Counters struct {
 	Misses        atomic.Int64 // answers that needed Postgres
 	Errors        atomic.Int64 // Redis errors, each treated as a miss
 	PostgresReads atomic.Int64 // queries sent to Postgres (coalesced)
-	Fills         atomic.Int64 // entries written to Redis after a Postgres read
 }
 
 // ReadThroughOptions configures the read-through.
@@ -213,7 +212,5 @@ func (rt *ReadThrough) fill(ctx context.Context, key string, rec *Record, st Sta
 	if err != nil {
 		rt.c.Errors.Add(1)
 		rt.log.Debug("redis fill failed", "key", key, "error", err)
-		return
 	}
-	rt.c.Fills.Add(1)
 }
