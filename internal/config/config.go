@@ -179,7 +179,7 @@ func (c *Config) Validate() error {
 	}
 	if c.RedisURL == "" {
 		bad("redis-url", "required (a redis://, rediss:// or unix:// URL)")
-	} else if _, err := tiers.ClientOption(c.RedisURL, tiers.RedisOptions{}); err != nil {
+	} else if _, err := tiers.ClientOption(c.RedisURL, tiers.RedisOptions{}, nil); err != nil {
 		bad("redis-url", "%v", err)
 	}
 	switch tiers.TokenStorage(c.TokenStorage) {

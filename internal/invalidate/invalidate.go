@@ -1,265 +1,646 @@
 // Package invalidate keeps the cache honest when the source of truth
 // changes: it listens for the database triggers' notifications (and takes
-// InvalidateSessions calls), drops what they name from Redis, which drops it
-// from every instance's client-side cache, and, when it cannot know what it
-// missed, drops everything by bumping the cache generation.
+// InvalidateSessions calls) and has the fence drop what they name from
+// Redis, which drops it from every instance's client-side cache. It also
+// proves, with heartbeats, that its LISTEN connection hears what is
+// committed, and tells the fence when it cannot (see tiers.Fence).
 package invalidate
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sessiond/sessiond/internal/schema"
 	"github.com/sessiond/sessiond/internal/tiers"
 )
 
-// cache is what invalidation needs of the Redis tier.
-type cache interface {
-	DropUser(ctx context.Context, userID string) (int64, error)
-	DropSession(ctx context.Context, sessionID, userID string) (int64, error)
-	DropKey(ctx context.Context, key string) (int64, error)
-	DropNegative(ctx context.Context, key string) (int64, error)
-	BumpGen(ctx context.Context) (int64, error)
-	Distrust()
-	Trust()
+// fence is what invalidation needs of the revocation fence.
+type fence interface {
+	Apply(ctx context.Context, b tiers.Batch) (int64, error)
+	NoteLoss()
+	Resync(ctx context.Context, why string) error
+	SetListener(s tiers.ListenerState)
+	Coverage(ctx context.Context) (int64, error)
+	AdvanceCoverage(ctx context.Context, at int64) (bool, error)
+	SetCoverage(ctx context.Context, at int64) error
 }
 
-var _ cache = (*tiers.Redis)(nil)
-
-// tokens finds the stored token of a session.
-type tokens interface {
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
+var _ fence = (*tiers.Fence)(nil)
 
 // Options configures an Invalidator.
 type Options struct {
-	DatabaseURL string             // for the dedicated LISTEN connection
-	Storage     tiers.TokenStorage // what user_sessions.token holds
+	DatabaseURL string             // for the dedicated LISTEN and heartbeat connections
+	Storage     tiers.TokenStorage // what user_sessions.token holds (the triggers must hash for it)
 	Timeout     time.Duration      // bound on each Redis or Postgres call
+	// Heartbeat is how often this instance sends a heartbeat through
+	// Postgres to every listener. A listener that hears nothing for
+	// 3 × Heartbeat is taken for lost: a half-open or silently broken LISTEN
+	// is noticed within 3 × Heartbeat + a watchdog tick (1.6 s at 500 ms).
+	Heartbeat time.Duration
 }
 
 // Invalidator applies invalidations. Its methods are safe for concurrent use.
 type Invalidator struct {
-	cache cache
-	db    tokens
+	fence fence
 	opts  Options
 	log   *slog.Logger
+	id    string // this instance, in heartbeats
 
-	ready     chan struct{} // closed after the first LISTEN and resync
+	ready     chan struct{} // closed when the listener first covers
 	readyOnce sync.Once
-	dirty     chan struct{} // a failed drop asks the resync loop for a bump
 
-	notifications, resyncs atomic.Int64
+	mu      sync.Mutex
+	queue   []string      // payloads received, not yet handled
+	arrived chan struct{} // something was queued
+
+	lastHeard atomic.Int64  // Unix ns of the last notification received
+	joinSeen  atomic.Uint64 // the last of our joining heartbeats received
+	joinNonce atomic.Uint64
+	hbNow     chan uint64 // asks the heartbeat sender for a joining heartbeat
+	oldFormat atomic.Bool // triggers of version 1 are installed
+
+	notifications, heartbeats, batches atomic.Int64
 }
 
-// New returns an Invalidator dropping from c; db looks up inserted
-// sessions' tokens.
-func New(c cache, db tokens, o Options, log *slog.Logger) *Invalidator {
-	return &Invalidator{cache: c, db: db, opts: o, log: log, ready: make(chan struct{}), dirty: make(chan struct{}, 1)}
+// New returns an Invalidator that has f apply what it hears.
+func New(f fence, o Options, log *slog.Logger) *Invalidator {
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = 500 * time.Millisecond
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return &Invalidator{fence: f, opts: o, log: log, id: hex.EncodeToString(b[:]),
+		ready: make(chan struct{}), arrived: make(chan struct{}, 1), hbNow: make(chan uint64, 1)}
 }
 
-// Ready is closed once the listener has listened and resynced for the first
-// time: entries written after that are covered by notifications.
+// Ready is closed once the listener covers for the first time (see
+// tiers.ListenerCovering): entries believed after that are kept honest by
+// notifications.
 func (v *Invalidator) Ready() <-chan struct{} { return v.ready }
 
-// Notifications is how many notifications have been handled.
+// Notifications is how many invalidation notifications have been received.
 func (v *Invalidator) Notifications() int64 { return v.notifications.Load() }
 
-// Resyncs is how many times everything cached was dropped because
-// notifications may have been missed.
-func (v *Invalidator) Resyncs() int64 { return v.resyncs.Load() }
+// Heartbeats is how many heartbeats (any instance's) have been received.
+func (v *Invalidator) Heartbeats() int64 { return v.heartbeats.Load() }
+
+// Batches is how many batches of notifications were applied.
+func (v *Invalidator) Batches() int64 { return v.batches.Load() }
+
+// User drops every cached session of a user, returning how many entries.
+func (v *Invalidator) User(ctx context.Context, userID string) (int64, error) {
+	return v.fence.Apply(ctx, tiers.Batch{Users: []string{userID}})
+}
+
+// Token drops the cached entry (or negative) of a raw token.
+func (v *Invalidator) Token(ctx context.Context, token string) (int64, error) {
+	return v.fence.Apply(ctx, tiers.Batch{Keys: []string{tiers.TokenKey(token)}})
+}
 
 // ErrBadPayload is returned, wrapped, for a notification sessiond did not
 // send.
 var ErrBadPayload = errors.New("unrecognised notification")
 
-// Handle applies one notification payload (see schema.Channel).
-func (v *Invalidator) Handle(ctx context.Context, payload string) error {
-	v.notifications.Add(1)
-	kind, rest, _ := strings.Cut(payload, ":")
-	var err error
-	switch kind {
-	case "u":
-		_, err = v.User(ctx, rest)
-	case "s":
-		sid, uid, ok := strings.Cut(rest, ":")
-		if !ok {
-			return fmt.Errorf("%w: %q", ErrBadPayload, payload)
+// heartbeat is a parsed h:<instance>:<µs>[:j<nonce>] payload.
+type heartbeat struct {
+	from  string
+	at    int64 // Postgres clock, Unix µs
+	join  uint64
+	isHB  bool
+	valid bool
+}
+
+func parseHeartbeat(p string) heartbeat {
+	rest, ok := strings.CutPrefix(p, "h:")
+	if !ok {
+		return heartbeat{}
+	}
+	parts := strings.Split(rest, ":")
+	h := heartbeat{isHB: true}
+	if len(parts) < 2 {
+		return h
+	}
+	at, err := strconv.ParseInt(parts[1], 10, 64)
+	if err != nil {
+		return h
+	}
+	h.from, h.at, h.valid = parts[0], at, true
+	if len(parts) == 3 {
+		if j, ok := strings.CutPrefix(parts[2], "j"); ok {
+			h.join, _ = strconv.ParseUint(j, 10, 64)
 		}
-		err = v.call(ctx, func(ctx context.Context) (int64, error) { return v.cache.DropSession(ctx, sid, uid) })
-	case "i":
-		err = v.inserted(ctx, rest)
-	default:
-		return fmt.Errorf("%w: %q", ErrBadPayload, payload)
 	}
-	return err
+	return h
 }
 
-// inserted drops a cached "no such session" for the token a session was
-// just given.
-func (v *Invalidator) inserted(ctx context.Context, sessionID string) error {
-	qctx, cancel := context.WithTimeout(ctx, v.opts.Timeout)
-	defer cancel()
-	var stored string
-	err := v.db.QueryRow(qctx, `SELECT token FROM platform.user_sessions WHERE id = $1`, sessionID).Scan(&stored)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil // gone already; its deletion was notified too
+// parse adds what payload asks to b. needResync reports a change that names
+// nothing precisely (a TRUNCATE, or a first-version notification that would
+// need a Postgres query).
+func (v *Invalidator) parse(payload string, b *tiers.Batch) (needResync bool, err error) {
+	kind, rest, _ := strings.Cut(payload, ":")
+	items := strings.Split(rest, ",")
+	switch kind {
+	case "t":
+		return true, nil
+	case "u":
+		for _, u := range items {
+			if !isUUID(u) {
+				return false, fmt.Errorf("%w: %q", ErrBadPayload, payload)
+			}
+			b.Users = append(b.Users, strings.ToLower(u))
+		}
+		return false, nil
+	case "s", "i":
+		if sid, uid, ok := strings.Cut(rest, ":"); ok && isUUID(sid) && isUUID(uid) && kind == "s" {
+			// Version 1: s:<session id>:<user id>. Dropping the user's
+			// entries is coarser but needs no query.
+			v.noteOldFormat()
+			b.Users = append(b.Users, strings.ToLower(uid))
+			return false, nil
+		}
+		if kind == "i" && isUUID(rest) {
+			// Version 1: i:<session id>; its key needs a query.
+			v.noteOldFormat()
+			return true, nil
+		}
+		for _, h := range items {
+			if !isHex64(h) {
+				return false, fmt.Errorf("%w: %q", ErrBadPayload, payload)
+			}
+			if kind == "s" {
+				b.Keys = append(b.Keys, tiers.Key(h))
+			} else {
+				b.NewKeys = append(b.NewKeys, tiers.Key(h))
+			}
+		}
+		return false, nil
 	}
-	if err != nil {
-		// Without the token the negative entry cannot be found: drop all.
-		v.markDirty()
-		return fmt.Errorf("look up inserted session %s: %w", sessionID, err)
+	return false, fmt.Errorf("%w: %q", ErrBadPayload, payload)
+}
+
+func (v *Invalidator) noteOldFormat() {
+	if !v.oldFormat.Swap(true) {
+		v.log.Warn("the invalidation triggers are of an earlier version: run `sessiond migrate` to upgrade them (until then, changes are handled more coarsely)")
 	}
-	return v.call(ctx, func(ctx context.Context) (int64, error) {
-		return v.cache.DropNegative(ctx, tiers.RowKey(stored, v.opts.Storage))
-	})
 }
 
-// User drops every cached session of a user, returning how many entries.
-func (v *Invalidator) User(ctx context.Context, userID string) (int64, error) {
-	var n int64
-	err := v.call(ctx, func(ctx context.Context) (int64, error) {
-		var err error
-		n, err = v.cache.DropUser(ctx, userID)
-		return n, err
-	})
-	return n, err
-}
-
-// Token drops the cached entry (or negative) of a raw token.
-func (v *Invalidator) Token(ctx context.Context, token string) (int64, error) {
-	var n int64
-	err := v.call(ctx, func(ctx context.Context) (int64, error) {
-		var err error
-		n, err = v.cache.DropKey(ctx, tiers.Key(tiers.TokenHash(token)))
-		return n, err
-	})
-	return n, err
-}
-
-// call runs one drop within the timeout. When it fails, the drop is lost:
-// nothing cached is believed until the resync loop has bumped the
-// generation.
-func (v *Invalidator) call(ctx context.Context, drop func(context.Context) (int64, error)) error {
-	cctx, cancel := context.WithTimeout(ctx, v.opts.Timeout)
-	defer cancel()
-	if _, err := drop(cctx); err != nil {
-		v.markDirty()
-		return err
+// Handle applies payloads received together, in order: one Redis call for
+// all their invalidations. It returns the latest heartbeat time among them
+// that it may vouch for (0 when none): everything before it was applied.
+func (v *Invalidator) Handle(ctx context.Context, payloads []string) (vouch int64, err error) {
+	var b tiers.Batch
+	resync := false
+	for _, p := range payloads {
+		if h := parseHeartbeat(p); h.isHB {
+			// Our own heartbeats, and a joining instance's: a joiner needs
+			// the shared coverage to pass its LISTEN at once.
+			if h.valid && (h.from == v.id || h.join != 0) {
+				vouch = max(vouch, h.at)
+			}
+			continue
+		}
+		v.notifications.Add(1)
+		r, perr := v.parse(p, &b)
+		if perr != nil {
+			v.log.Warn("notification ignored", "error", perr)
+			continue
+		}
+		resync = resync || r
 	}
-	return nil
+	if resync {
+		v.fence.NoteLoss()
+		v.log.Info("a change names no entries (a TRUNCATE, or a trigger of an earlier version): resyncing")
+	}
+	if b.Len() > 0 {
+		v.batches.Add(1)
+		if _, err := v.fence.Apply(ctx, b); err != nil {
+			if ctx.Err() == nil {
+				v.log.Warn("invalidations not applied; nothing cached is believed until the generation is bumped", "invalidations", b.Len(), "error", err)
+			}
+			return 0, err
+		}
+	}
+	return vouch, nil
 }
 
-func (v *Invalidator) markDirty() {
-	v.cache.Distrust()
+// enqueue is the LISTEN connection's notification callback: it only queues,
+// so that reading the connection is never held up by Redis.
+func (v *Invalidator) enqueue(_ *pgconn.PgConn, n *pgconn.Notification) {
+	v.lastHeard.Store(time.Now().UnixNano())
+	if h := parseHeartbeat(n.Payload); h.isHB {
+		v.heartbeats.Add(1)
+		if h.valid && h.from == v.id && h.join != 0 {
+			v.joinSeen.Store(h.join)
+		}
+	}
+	v.mu.Lock()
+	v.queue = append(v.queue, n.Payload)
+	v.mu.Unlock()
 	select {
-	case v.dirty <- struct{}{}:
+	case v.arrived <- struct{}{}:
 	default:
 	}
 }
 
-// resync drops everything cached, everywhere, by bumping the generation.
-func (v *Invalidator) resync(ctx context.Context, why string) error {
-	cctx, cancel := context.WithTimeout(ctx, v.opts.Timeout)
-	defer cancel()
-	g, err := v.cache.BumpGen(cctx)
-	if err != nil {
-		return err
+// handleLoop applies queued notifications, all that arrived together at
+// once, until ctx ends; then it vouches for the heartbeats among them.
+func (v *Invalidator) handleLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-v.arrived:
+		}
+		v.mu.Lock()
+		batch := v.queue
+		v.queue = nil
+		v.mu.Unlock()
+		if len(batch) == 0 {
+			continue
+		}
+		vouch, err := v.Handle(ctx, batch)
+		if err == nil && vouch > 0 {
+			if _, err := v.fence.AdvanceCoverage(ctx, vouch); err != nil && ctx.Err() == nil {
+				v.log.Debug("coverage not advanced", "error", err)
+			}
+		}
 	}
-	v.cache.Trust()
-	v.resyncs.Add(1)
-	v.log.Info("cache generation bumped: every cached session will be read again from postgres", "generation", g, "why", why)
-	return nil
 }
 
-// Run listens for notifications on a dedicated connection until ctx ends
-// (unless listen is false: then it only retries failed drops), reconnecting
-// with backoff. Each (re)connection bumps the generation once
-// LISTEN is in place: what changed while nobody listened is unknown, so
-// nothing cached before is believed. It also retries, with backoff, the bump
-// a failed drop asked for. It returns nil when ctx ends.
+// Run listens for notifications until ctx ends (unless listen is false:
+// then there is nothing to run), reconnecting by itself, and sends
+// heartbeats. It returns nil when ctx ends.
 func (v *Invalidator) Run(ctx context.Context, listen bool) error {
 	if !listen {
 		v.readyOnce.Do(func() { close(v.ready) })
-		v.resyncLoop(ctx)
 		return nil
 	}
-	done := make(chan struct{})
-	defer func() { <-done }()
-	go func() {
-		defer close(done)
-		v.resyncLoop(ctx)
-	}()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Go(func() { v.handleLoop(ctx) })
+	wg.Go(func() { v.heartbeatLoop(ctx) })
+
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval, b.MaxInterval = 100*time.Millisecond, 5*time.Second
 	for ctx.Err() == nil {
-		err := v.listen(ctx)
+		lived, err := v.listen(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
-		d := b.NextBackOff()
-		v.log.Warn("invalidation listener lost its connection; reconnecting", "error", err, "in", d.String())
-		select {
-		case <-ctx.Done():
-		case <-time.After(d):
-		}
-		if err == nil {
+		if lived {
 			b.Reset()
+		}
+		if postgresDown(err) {
+			// Nothing can be committed, so nothing can be revoked: what is
+			// cached stays true. Look often, since a Postgres that is back
+			// accepts revocations before we hear them.
+			v.fence.SetListener(tiers.ListenerPostgresDown)
+			v.log.Debug("postgres refuses connections; answering from the cache", "error", err)
+			if !sleep(ctx, pgDownRetry) {
+				return nil
+			}
+			continue
+		}
+		v.fence.SetListener(tiers.ListenerLost)
+		// At once after a connection that lived (Postgres may be down,
+		// which the next attempt tells); with backoff after one that did
+		// not.
+		d := time.Duration(0)
+		if !lived {
+			d = b.NextBackOff()
+		}
+		v.log.Warn("invalidation listener lost; answering from postgres until it hears again", "error", err, "retry_in", d.String())
+		if !sleep(ctx, d) {
+			return nil
 		}
 	}
 	return nil
 }
 
-func (v *Invalidator) listen(ctx context.Context) error {
+// pgDownRetry is how often the listener tries again while Postgres refuses
+// connections. While it does, cached answers are given; this bounds how long
+// after Postgres accepts connections again a revocation can go unheard.
+const pgDownRetry = 100 * time.Millisecond
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// postgresDown reports whether err says that Postgres itself refuses
+// connections, on every host tried: the TCP connection was refused, the
+// server is starting up or shutting down (SQLSTATE 57P01-57P03), or it is
+// read-only (no primary, with target_session_attrs=read-write). A timeout is
+// not: a host that does not answer may still commit for others.
+func postgresDown(err error) bool {
+	for err != nil {
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			errs := j.Unwrap()
+			for _, e := range errs {
+				if !postgresDown(e) {
+					return false
+				}
+			}
+			return len(errs) > 0
+		}
+		switch e := err.(type) {
+		case syscall.Errno:
+			return e == syscall.ECONNREFUSED
+		case *pgconn.PgError:
+			return e.Code == "57P01" || e.Code == "57P02" || e.Code == "57P03"
+		}
+		if err == pgconn.ErrReadOnlyConnection {
+			return true
+		}
+		err = errors.Unwrap(err)
+	}
+	return false
+}
+
+var errNotHearing = errors.New("LISTEN connection does not receive notifications (a connection pooler in transaction mode?)")
+
+// listen runs one LISTEN connection: it connects, proves it hears (its own
+// joining heartbeat comes back), establishes coverage (see cover), then
+// watches that heartbeats keep coming. lived reports whether it covered.
+func (v *Invalidator) listen(ctx context.Context) (lived bool, err error) {
+	cfg, err := pgx.ParseConfig(v.opts.DatabaseURL)
+	if err != nil {
+		return false, fmt.Errorf("listen: %w", err)
+	}
+	cfg.OnNotification = v.enqueue
+	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > v.opts.Timeout {
+		cfg.ConnectTimeout = v.opts.Timeout
+	}
 	cctx, cancel := context.WithTimeout(ctx, v.opts.Timeout)
-	conn, err := pgx.Connect(cctx, v.opts.DatabaseURL)
+	conn, err := pgx.ConnectConfig(cctx, cfg)
+	var since int64
 	if err == nil {
 		_, err = conn.Exec(cctx, "LISTEN "+pgx.Identifier{schema.Channel}.Sanitize())
+		if err == nil {
+			// After LISTEN: everything committed from now on reaches us.
+			err = conn.QueryRow(cctx, pgNowMicros).Scan(&since)
+		}
+		if err == nil {
+			err = v.checkTriggers(cctx, conn)
+		}
 	}
 	cancel()
 	if err != nil {
 		if conn != nil {
 			conn.Close(context.WithoutCancel(ctx))
 		}
-		return fmt.Errorf("listen: %w", err)
+		return false, fmt.Errorf("listen: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if err := v.resync(ctx, "listening (again): changes made meanwhile were not heard"); err != nil {
-		v.log.Warn("could not bump the cache generation after (re)connecting; retrying", "error", err)
-		v.markDirty()
+
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	received := make(chan error, 1)
+	go func() { received <- receive(rctx, conn) }()
+	defer func() { stop(); <-received }()
+
+	v.lastHeard.Store(time.Now().UnixNano())
+	if err := v.join(ctx, received); err != nil {
+		return false, err
 	}
+	v.cover(ctx, since)
+	v.fence.SetListener(tiers.ListenerCovering)
 	v.readyOnce.Do(func() { close(v.ready) })
+	v.log.Info("invalidation listener covering", "instance", v.id)
+
+	tick := time.NewTicker(watchdogTick)
+	defer tick.Stop()
 	for {
-		n, err := conn.WaitForNotification(ctx)
-		if err != nil {
-			return err
-		}
-		if err := v.Handle(ctx, n.Payload); err != nil && ctx.Err() == nil {
-			v.log.Warn("invalidation not applied; nothing cached is believed until the generation is bumped", "payload", n.Payload, "error", err)
+		select {
+		case <-ctx.Done():
+			return true, ctx.Err()
+		case err := <-received:
+			received <- err // for the deferred wait
+			return true, err
+		case <-tick.C:
+			if quiet := time.Since(time.Unix(0, v.lastHeard.Load())); quiet > 3*v.opts.Heartbeat {
+				return true, fmt.Errorf("no heartbeat heard for %s", quiet.Round(time.Millisecond))
+			}
 		}
 	}
 }
 
-// resyncLoop bumps the generation after failed drops, retrying with backoff
-// until Redis takes it.
-func (v *Invalidator) resyncLoop(ctx context.Context) {
+// watchdogTick is how often the listener checks that heartbeats still come.
+const watchdogTick = 100 * time.Millisecond
+
+// pgNowMicros is Postgres's clock in Unix µs: heartbeats and coverage use
+// Postgres's clock, not the instances', so skew between them plays no part.
+const pgNowMicros = `SELECT (extract(epoch from clock_timestamp()) * 1000000)::bigint`
+
+func receive(ctx context.Context, conn *pgx.Conn) error {
+	for {
+		if err := conn.PgConn().WaitForNotification(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// checkTriggers warns of triggers that do not send what this instance needs.
+func (v *Invalidator) checkTriggers(ctx context.Context, conn *pgx.Conn) error {
+	version, storage, err := schema.InstalledTriggers(ctx, conn)
+	if err != nil {
+		return err
+	}
+	switch {
+	case version == 0:
+		v.log.Info("no invalidation triggers installed: only InvalidateSessions calls and heartbeats will be heard")
+	case version == 1:
+		v.noteOldFormat()
+	case storage != string(v.opts.Storage):
+		// The triggers would send keys this instance does not use: every
+		// revocation would be missed. Refuse to cover.
+		return fmt.Errorf("the invalidation triggers were installed for --token-storage=%s but sessiond runs with %s: run `sessiond migrate --token-storage=%s`", storage, v.opts.Storage, v.opts.Storage)
+	}
+	return nil
+}
+
+// join asks for a joining heartbeat and waits until this listener hears it:
+// proof that notifications committed by others reach it.
+func (v *Invalidator) join(ctx context.Context, received chan error) error {
+	nonce := v.joinNonce.Add(1)
+	select {
+	case v.hbNow <- nonce:
+	default:
+		// One is pending already; replace it.
+		select {
+		case <-v.hbNow:
+		default:
+		}
+		v.hbNow <- nonce
+	}
+	deadline := time.NewTimer(joinTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for v.joinSeen.Load() < nonce {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-received:
+			received <- err
+			return err
+		case <-deadline.C:
+			v.log.Error("the LISTEN connection did not hear its own heartbeat: no revocation would be heard; answering from postgres", "error", errNotHearing)
+			return errNotHearing
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// joinTimeout bounds how long a new LISTEN connection may take to hear its
+// first heartbeat.
+const joinTimeout = 2 * time.Second
+
+// cover makes sure that every invalidation committed before since (when this
+// listener began to hear) is in Redis: when the shared coverage already
+// reaches since, others applied them and nothing needs doing (a new or
+// reconnected instance does not empty the shared cache); when coverage is
+// live (another instance covers) but behind, it waits a little for it; else
+// invalidations may have been missed while nobody listened, and it bumps the
+// generation, then records the coverage it now vouches for.
+func (v *Invalidator) cover(ctx context.Context, since int64) {
+	deadline := time.Now().Add(coverWait)
+	for {
+		c, err := v.fence.Coverage(ctx)
+		if err != nil {
+			// Redis cannot say: it cannot be believed until a bump lands.
+			v.fence.NoteLoss()
+			return
+		}
+		if c >= since {
+			return
+		}
+		live := c >= since-3*v.opts.Heartbeat.Microseconds()
+		if !live || time.Now().After(deadline) {
+			break
+		}
+		if !sleep(ctx, 10*time.Millisecond) {
+			return
+		}
+	}
+	if err := v.fence.Resync(ctx, "listening (again) after a gap nobody covered: changes made meanwhile were not heard"); err != nil {
+		v.fence.NoteLoss()
+		return
+	}
+	if err := v.fence.SetCoverage(ctx, since); err != nil {
+		v.log.Debug("coverage not recorded", "error", err)
+	}
+}
+
+// coverWait bounds the wait for a live shared coverage to pass a new
+// listener's start: a covering instance answers a joining heartbeat at once.
+const coverWait = time.Second
+
+// heartbeatLoop sends a heartbeat every Heartbeat (and a joining one when
+// asked) on its own connection, so that a busy pool does not delay it.
+func (v *Invalidator) heartbeatLoop(ctx context.Context) {
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	t := time.NewTicker(v.opts.Heartbeat)
+	defer t.Stop()
+	var pendingJoin uint64
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-v.dirty:
+		case <-t.C:
+		case pendingJoin = <-v.hbNow:
 		}
-		_, _ = backoff.Retry(ctx, func() (struct{}, error) {
-			return struct{}{}, v.resync(ctx, "an invalidation could not be applied")
-		}, backoff.WithMaxElapsedTime(0))
+		suffix := ""
+		if pendingJoin != 0 {
+			suffix = ":j" + strconv.FormatUint(pendingJoin, 10)
+		}
+		cctx, cancel := context.WithTimeout(ctx, v.opts.Timeout)
+		var err error
+		if conn == nil {
+			conn, err = pgx.Connect(cctx, v.opts.DatabaseURL)
+		}
+		if err == nil {
+			_, err = conn.Exec(cctx, `SELECT pg_notify($1, $2 || `+pgNowColumn+` || $3)`, schema.Channel, "h:"+v.id+":", suffix)
+		}
+		cancel()
+		if err != nil {
+			if conn != nil {
+				conn.Close(context.WithoutCancel(ctx))
+				conn = nil
+			}
+			if ctx.Err() == nil {
+				v.log.Debug("heartbeat not sent", "error", err)
+			}
+			continue
+		}
+		pendingJoin = 0
 	}
+}
+
+// pgNowColumn is pgNowMicros as text, for the heartbeat payload.
+const pgNowColumn = `((extract(epoch from clock_timestamp()) * 1000000)::bigint)::text`
+
+// isUUID accepts the 8-4-4-4-12 hex form, any case.
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return false
+			}
+		case !isHexDigit(c):
+			return false
+		}
+	}
+	return true
+}
+
+func isHex64(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !isHexDigit(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func isHexDigit(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }

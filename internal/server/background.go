@@ -13,6 +13,7 @@ import (
 // startBackground starts the startup warm (which alone turns health to
 // SERVING) and the periodic re-warm.
 func (s *Server) startBackground() {
+	s.background.Go(func() { s.redis.Fence().Run(s.bg) })
 	s.background.Go(func() { _ = s.inval.Run(s.bg, s.cfg.Invalidation) })
 	s.background.Go(func() {
 		if err := s.activity.Run(s.bg); err != nil {
@@ -23,7 +24,7 @@ func (s *Server) startBackground() {
 		s.background.Go(func() { s.warmOnStart(s.bg) })
 	} else {
 		// Even unwarmed, an instance is ready only once it hears
-		// invalidations: its listener's first resync drops what was cached.
+		// invalidations (its listener covers).
 		s.background.Go(func() {
 			select {
 			case <-s.inval.Ready():
@@ -49,8 +50,8 @@ func (s *Server) warmOnStart(ctx context.Context) {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval, b.MaxInterval = 200*time.Millisecond, 10*time.Second
 	p, err := backoff.Retry(ctx, func() (warm.Progress, error) {
-		// Warm only once invalidations are heard (the listener's first
-		// resync would otherwise drop what this run writes).
+		// Warm only once invalidations are heard (a bump the listener may
+		// need to cover would otherwise drop what this run writes).
 		select {
 		case <-s.inval.Ready():
 		case <-ctx.Done():

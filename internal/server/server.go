@@ -108,14 +108,18 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, err
 		ConnWriteTimeout: cfg.RedisConnTimeout,
 		DialTimeout:      cfg.PostgresTimeout,
 		NegativeTTL:      cfg.NegativeTTL,
-		// An invalidation must outlive every read that could predate it and
-		// still be written: a whole warming run at the longest.
-		TombstoneTTL:    cfg.WarmTimeout + cfg.PostgresTimeout + 10*time.Second,
-		TombstoneMargin: time.Second,
-		// Redis's invalidation message arrives in milliseconds on a live
-		// connection, and a dead one is dropped (with its local copies)
-		// within 1.25 × RedisConnTimeout.
-		LocalTombstoneTTL: 2 * cfg.RedisConnTimeout,
+		Fence: tiers.FenceOptions{
+			Listening: cfg.Invalidation,
+			Timeout:   cfg.PostgresTimeout,
+			// An invalidation must outlive every read that could predate it
+			// and still be written: a whole warming run at the longest.
+			TombstoneTTL:    cfg.WarmTimeout + cfg.PostgresTimeout + 10*time.Second,
+			TombstoneMargin: time.Second,
+			// Redis's invalidation message arrives in milliseconds on a live
+			// connection, and a dead one is dropped (with its local copies)
+			// within 1.25 × RedisConnTimeout.
+			LocalTombstoneTTL: 2 * cfg.RedisConnTimeout,
+		},
 	}, log)
 	if err != nil {
 		stop()
@@ -131,7 +135,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, err
 			RedisTimeout: cfg.RedisTimeout, PostgresTimeout: cfg.PostgresTimeout,
 			Negative: cfg.NegativeTTL > 0, Activity: s.activity,
 		}, log)
-	s.inval = invalidate.New(s.redis, pool, invalidate.Options{
+	s.inval = invalidate.New(s.redis.Fence(), invalidate.Options{
 		DatabaseURL: cfg.DatabaseURL, Storage: tiers.TokenStorage(cfg.TokenStorage), Timeout: cfg.PostgresTimeout,
 	}, log)
 	s.warmer = warm.New(bg, pool, s.redis, warm.Config{

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -34,11 +35,52 @@ FROM platform.user_sessions s
 JOIN platform.users u ON u.id = s.user_id
 WHERE s.token = $1`
 
-// RecordDest is the scan destinations of Columns, in order, for r.
-func RecordDest(r *Record) []any {
-	return []any{&r.ID, &r.UserID, &r.ExpiresAt, &r.LastActivityAt, &r.CreatedAt,
-		&r.IPAddress, &r.UserAgent, &r.Email, &r.FirstName, &r.LastName, &r.Username,
-		&r.DeletedAt, &r.BannedUntil}
+// RowScan reads one row of Columns into a Record, whatever value Postgres
+// holds: NULL in any column, 'infinity' and '-infinity', and every year
+// Postgres can store. Scan into Dest(), then take Record().
+type RowScan struct {
+	r     Record
+	email pgtype.Text
+	times [5]pgtype.Timestamptz // expires, last activity, created, deleted, banned
+}
+
+// Dest is the scan destinations of Columns, in order.
+func (s *RowScan) Dest() []any {
+	return []any{&s.r.ID, &s.r.UserID, &s.times[0], &s.times[1], &s.times[2],
+		&s.r.IPAddress, &s.r.UserAgent, &s.email, &s.r.FirstName, &s.r.LastName, &s.r.Username,
+		&s.times[3], &s.times[4]}
+}
+
+// Record returns a new Record of the last row scanned, times in UTC.
+func (s *RowScan) Record() *Record {
+	r := s.r
+	r.Email = s.email.String
+	r.ExpiresAt = fromPG(s.times[0])
+	r.LastActivityAt = fromPG(s.times[1])
+	r.CreatedAt = fromPG(s.times[2])
+	r.DeletedAt = optFromPG(s.times[3])
+	r.BannedUntil = optFromPG(s.times[4])
+	return &r
+}
+
+func fromPG(t pgtype.Timestamptz) time.Time {
+	switch {
+	case !t.Valid:
+		return time.Time{}
+	case t.InfinityModifier == pgtype.Infinity:
+		return Infinity
+	case t.InfinityModifier == pgtype.NegativeInfinity:
+		return NegInfinity
+	}
+	return t.Time.UTC()
+}
+
+func optFromPG(t pgtype.Timestamptz) *time.Time {
+	if !t.Valid {
+		return nil
+	}
+	v := fromPG(t)
+	return &v
 }
 
 // Postgres is the L2 tier, the source of truth.
@@ -62,29 +104,21 @@ func (p *Postgres) Lookup(ctx context.Context, token string) (*Record, error) {
 	if p.storage != TokenStoragePlain {
 		arg = TokenHash(token)
 	}
-	var r Record
-	err := p.pool.QueryRow(ctx, lookupSQL, arg).Scan(RecordDest(&r)...)
+	var rs RowScan
+	err := p.pool.QueryRow(ctx, lookupSQL, arg).Scan(rs.Dest()...)
 	switch {
 	case err == nil:
-		return Normalize(&r), nil
+		return rs.Record(), nil
 	case errors.Is(err, pgx.ErrNoRows):
 		return nil, nil
 	}
-	return nil, classify(ctx, err)
-}
-
-// Normalize puts r's times in UTC, so that records read from either tier
-// compare equal, and returns r.
-func Normalize(r *Record) *Record {
-	r.ExpiresAt = r.ExpiresAt.UTC()
-	r.LastActivityAt = r.LastActivityAt.UTC()
-	r.CreatedAt = r.CreatedAt.UTC()
-	for _, t := range []*time.Time{r.DeletedAt, r.BannedUntil} {
-		if t != nil {
-			*t = t.UTC()
-		}
+	var scanErr pgx.ScanArgError
+	if errors.As(err, &scanErr) {
+		// The row is there but a column's type is not what sessiond reads
+		// (an application schema that differs): an operator must look.
+		return nil, fmt.Errorf("%w: session %s: %w", ErrUnreadable, rs.r.ID, err)
 	}
-	return r
+	return nil, classify(ctx, err)
 }
 
 // classify turns a driver error into what callers act on: the context's own

@@ -5,14 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/singleflight"
 )
 
 // l1 is what the read-through needs of the cache tier.
 type l1 interface {
+	// Seq counts invalidations handled (see Fence.Seq).
+	Seq() uint64
 	Get(ctx context.Context, key string) (Lookup, error)
 	Set(ctx context.Context, key string, rec *Record, st Stamp) error
 	SetNegative(ctx context.Context, key string, st Stamp) (WriteResult, error)
@@ -53,6 +55,12 @@ type Counters struct {
 	Misses        atomic.Int64 // answers that needed Postgres
 	Errors        atomic.Int64 // Redis errors, each treated as a miss
 	PostgresReads atomic.Int64 // queries sent to Postgres (coalesced)
+	// Distrusted counts misses that went to Postgres because the fence
+	// could not vouch for the cache (see Fence.Trusted).
+	Distrusted atomic.Int64
+	// Rereads counts callers who could not share a Postgres read already
+	// under way because an invalidation was handled after it began.
+	Rereads atomic.Int64
 }
 
 // ReadThroughOptions configures the read-through.
@@ -78,8 +86,18 @@ type ReadThrough struct {
 	l2   l2
 	opts ReadThroughOptions
 	log  *slog.Logger
-	sf   singleflight.Group
 	c    Counters
+
+	mu      sync.Mutex
+	flights map[string]*flight // the newest Postgres read per key
+}
+
+// flight is one Postgres read shared by concurrent misses of one key.
+type flight struct {
+	seq  uint64        // the fence's Seq before the read began
+	done chan struct{} // closed when rec and err are set
+	rec  *Record
+	err  error
 }
 
 // NewReadThrough joins a cache and a source of truth.
@@ -87,7 +105,7 @@ func NewReadThrough(cache l1, truth l2, o ReadThroughOptions, log *slog.Logger) 
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &ReadThrough{l1: cache, l2: truth, opts: o, log: log}
+	return &ReadThrough{l1: cache, l2: truth, opts: o, log: log, flights: map[string]*flight{}}
 }
 
 // Counters returns the running totals.
@@ -97,13 +115,17 @@ func (rt *ReadThrough) Counters() *Counters { return &rt.c }
 // normal Result, not an error. Errors: ErrInvalidToken (wrapped) for what
 // cannot be a token, before any tier is asked; ErrUnavailable (wrapped) when
 // the session is not cached and Postgres cannot answer within
-// PostgresTimeout; the context's error when ctx ends first. A Redis failure
-// is never an error: it is counted and Postgres answers.
+// PostgresTimeout; ErrUnreadable (wrapped) when the row exists but cannot be
+// decided; the context's error when ctx ends first. A Redis failure is never
+// an error: it is counted and Postgres answers.
 func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, error) {
 	if err := CheckToken(token); err != nil {
 		return Result{}, err
 	}
 	key := TokenKey(token)
+	// Taken before anything is read: a Postgres read that began before an
+	// invalidation handled after this point is not handed to this caller.
+	arrived := rt.l1.Seq()
 
 	l, err := rt.get(ctx, key)
 	switch {
@@ -125,14 +147,20 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 		}
 		rt.c.Errors.Add(1)
 		rt.log.Debug("redis read failed; asking postgres", "key", key, "error", err)
+	case l.Distrusted:
+		rt.c.Distrusted.Add(1)
 	}
 
-	rec, err := rt.lookup(ctx, token, key, l.Gen)
+	rec, err := rt.lookup(ctx, token, key, l.Gen, arrived)
 	if err != nil {
 		return Result{}, err
 	}
 	rt.c.Misses.Add(1)
-	return rt.answer(rec, SourcePostgres), nil
+	res := rt.answer(rec, SourcePostgres)
+	if res.Reason == ReasonUndecidable {
+		return Result{}, fmt.Errorf("%w: session %s has a NULL expires_at", ErrUnreadable, rec.ID)
+	}
+	return res, nil
 }
 
 func source(local bool) Source {
@@ -159,40 +187,60 @@ func (rt *ReadThrough) get(ctx context.Context, key string) (Lookup, error) {
 }
 
 // lookup asks Postgres, coalescing concurrent misses for one token into one
-// query, then fills the cache. The shared query and fill run detached from
-// any one caller (bounded by the configured timeouts), so a caller who hangs
-// up does not fail the others waiting on the same token; each caller still
-// leaves when its own ctx ends.
-func (rt *ReadThrough) lookup(ctx context.Context, token, key string, gen int64) (*Record, error) {
-	ch := rt.sf.DoChan(key, func() (any, error) {
-		// Taken before the read: a write of what it returns is refused if
-		// an invalidation came after this instant (see Redis.SetMany).
-		st := Stamp{ReadStart: time.Now(), Gen: gen}
-		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rt.opts.PostgresTimeout)
-		defer cancel()
-		rt.c.PostgresReads.Add(1)
-		rec, err := rt.l2.Lookup(qctx, token)
-		if err != nil {
-			if errors.Is(err, context.DeadlineExceeded) {
-				// Our own bound, not the caller's: Postgres is too slow to
-				// count on.
-				err = fmt.Errorf("%w: postgres did not answer within %s", ErrUnavailable, rt.opts.PostgresTimeout)
-			}
-			return nil, err
+// query, then fills the cache. A caller joins a read already under way only
+// if it began after every invalidation this instance had handled when the
+// caller arrived; otherwise it starts a new read, which later callers join.
+// The shared query and fill run detached from any one caller (bounded by the
+// configured timeouts), so a caller who hangs up does not fail the others
+// waiting on the same token; each caller still leaves when its own ctx ends.
+func (rt *ReadThrough) lookup(ctx context.Context, token, key string, gen int64, arrived uint64) (*Record, error) {
+	rt.mu.Lock()
+	f := rt.flights[key]
+	if f == nil || f.seq < arrived {
+		if f != nil {
+			rt.c.Rereads.Add(1)
 		}
-		rt.fill(ctx, key, rec, st)
-		return rec, nil
-	})
+		f = &flight{seq: rt.l1.Seq(), done: make(chan struct{})}
+		rt.flights[key] = f
+		go rt.read(context.WithoutCancel(ctx), f, token, key, gen)
+	}
+	rt.mu.Unlock()
 	select {
-	case res := <-ch:
-		if res.Err != nil {
-			return nil, res.Err
-		}
-		rec, _ := res.Val.(*Record)
-		return rec, nil
+	case <-f.done:
+		return f.rec, f.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// read runs one flight: the Postgres query and the fill.
+func (rt *ReadThrough) read(ctx context.Context, f *flight, token, key string, gen int64) {
+	defer func() {
+		rt.mu.Lock()
+		if rt.flights[key] == f {
+			delete(rt.flights, key)
+		}
+		rt.mu.Unlock()
+		close(f.done)
+	}()
+	// Taken before the read: a write of what it returns is refused if an
+	// invalidation came after this instant (see Redis.SetMany).
+	st := Stamp{ReadStart: time.Now(), Gen: gen}
+	qctx, cancel := context.WithTimeout(ctx, rt.opts.PostgresTimeout)
+	defer cancel()
+	rt.c.PostgresReads.Add(1)
+	rec, err := rt.l2.Lookup(qctx, token)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			// Our own bound, not the caller's: Postgres is too slow to
+			// count on.
+			err = fmt.Errorf("%w: postgres did not answer within %s", ErrUnavailable, rt.opts.PostgresTimeout)
+		}
+		f.err = err
+		return
+	}
+	f.rec = rec
+	rt.fill(ctx, key, rec, st)
 }
 
 // fill caches what Postgres said: the session, or (when negative caching is

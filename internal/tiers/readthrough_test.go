@@ -18,7 +18,10 @@ type fakeCache struct {
 	m       map[string]*Record
 	failing bool
 	local   bool
+	seq     atomic.Uint64 // invalidations handled
 }
+
+func (f *fakeCache) Seq() uint64 { return f.seq.Load() }
 
 func (f *fakeCache) Get(_ context.Context, key string) (Lookup, error) {
 	f.mu.Lock()
@@ -43,16 +46,27 @@ func (f *fakeCache) Set(_ context.Context, key string, rec *Record, _ Stamp) err
 	return nil
 }
 
-// fakeTruth is an l2 that can hold every query until released.
+// fakeTruth is an l2 that can hold every query until released. A query
+// reads the row when it starts, as a snapshot would.
 type fakeTruth struct {
+	mu      sync.Mutex
 	rows    map[string]*Record // by raw token
 	err     error
 	queries atomic.Int64
 	gate    chan struct{} // when non-nil, Lookup waits for it to close
 }
 
+func (f *fakeTruth) set(token string, rec *Record) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rows[token] = rec
+}
+
 func (f *fakeTruth) Lookup(ctx context.Context, token string) (*Record, error) {
 	f.queries.Add(1)
+	f.mu.Lock()
+	rec := f.rows[token]
+	f.mu.Unlock()
 	if f.gate != nil {
 		select {
 		case <-f.gate:
@@ -63,7 +77,7 @@ func (f *fakeTruth) Lookup(ctx context.Context, token string) (*Record, error) {
 	if f.err != nil {
 		return nil, f.err
 	}
-	return f.rows[token], nil
+	return rec, nil
 }
 
 func newTestReadThrough(cache *fakeCache, truth *fakeTruth, now func() time.Time) *ReadThrough {
@@ -180,6 +194,50 @@ func TestReadThroughCoalescesMisses(t *testing.T) {
 		}
 		if q := truth.queries.Load(); q != 1 {
 			t.Errorf("%d concurrent misses made %d postgres queries, want 1", callers, q)
+		}
+	})
+}
+
+// A caller who arrives after an invalidation was handled does not share a
+// Postgres read that began before it: it reads again. The caller who started
+// the older read (it arrived before the invalidation) keeps its answer.
+func TestReadThroughDoesNotShareReadsOlderThanAnInvalidation(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		valid := &Record{ID: "s1", UserID: "u1", ExpiresAt: time.Now().Add(time.Hour)}
+		banned := &Record{ID: "s1", UserID: "u1", ExpiresAt: valid.ExpiresAt, BannedUntil: ptrTime(time.Now().Add(time.Hour))}
+		truth := &fakeTruth{rows: map[string]*Record{"tok": valid}, gate: make(chan struct{})}
+		cache := &fakeCache{m: map[string]*Record{}}
+		rt := newTestReadThrough(cache, truth, nil)
+
+		validate := func() chan Result {
+			ch := make(chan Result, 1)
+			go func() {
+				res, err := rt.Validate(context.Background(), "tok")
+				if err != nil {
+					t.Error(err)
+				}
+				ch <- res
+			}()
+			return ch
+		}
+		x := validate()
+		synctest.Wait() // X's read has begun (and is held)
+		truth.set("tok", banned)
+		cache.seq.Add(1) // the ban is committed and handled
+		y := validate()
+		z := validate() // arrives with Y: shares Y's read
+		synctest.Wait()
+		close(truth.gate)
+		if res := <-x; res.Reason != ReasonNone {
+			t.Errorf("X (arrived before the ban) got %v, want valid", res.Reason)
+		}
+		for name, ch := range map[string]chan Result{"Y": y, "Z": z} {
+			if res := <-ch; res.Reason != ReasonUserBanned {
+				t.Errorf("%s (arrived after the ban was handled) got %v, want banned", name, res.Reason)
+			}
+		}
+		if q, r := truth.queries.Load(), rt.Counters().Rereads.Load(); q != 2 || r != 1 {
+			t.Errorf("%d queries, %d rereads; want 2 and 1", q, r)
 		}
 	})
 }

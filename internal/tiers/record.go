@@ -28,6 +28,22 @@ var ErrInvalidToken = errors.New("invalid token")
 // session is not cached and Postgres cannot be reached.
 var ErrUnavailable = errors.New("session store unavailable")
 
+// ErrUnreadable is returned, wrapped, when the session's row exists but
+// sessiond cannot decide it: a NULL expires_at that no deletion or ban
+// overrides, or a column whose type sessiond cannot read. Its message names
+// the session id and the column, never the token.
+var ErrUnreadable = errors.New("session row cannot be decided")
+
+// Infinity and NegInfinity stand for Postgres's 'infinity' and '-infinity'
+// timestamps: later (earlier) than any finite timestamp Postgres can hold
+// (4713 BC to 294276 AD), so the rule compares them like any other time: a
+// ban until infinity never ends, a session that expires at infinity never
+// expires.
+var (
+	Infinity    = time.Date(294277, 1, 1, 0, 0, 0, 0, time.UTC)
+	NegInfinity = time.Date(-4713, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
 // Reason says why a session is not valid. The zero value means valid.
 type Reason int
 
@@ -37,6 +53,9 @@ const (
 	ReasonExpired
 	ReasonUserDeleted
 	ReasonUserBanned
+	// ReasonUndecidable: the row exists but its expires_at is NULL and
+	// nothing else makes it invalid: sessiond cannot say (see ErrUnreadable).
+	ReasonUndecidable
 )
 
 func (r Reason) String() string {
@@ -51,6 +70,8 @@ func (r Reason) String() string {
 		return "user_deleted"
 	case ReasonUserBanned:
 		return "user_banned"
+	case ReasonUndecidable:
+		return "undecidable"
 	}
 	return fmt.Sprintf("reason(%d)", int(r))
 }
@@ -78,7 +99,9 @@ func (s Source) String() string {
 }
 
 // Record is a session joined with its user: what both tiers hold. Nullable
-// columns are pointers, nil for NULL. It never holds the token.
+// text columns are pointers, nil for NULL; a NULL timestamp is the zero
+// time (deleted_at and banned_until: nil); 'infinity' and '-infinity' are
+// Infinity and NegInfinity. It never holds the token.
 type Record struct {
 	ID             string
 	UserID         string
@@ -99,7 +122,9 @@ type Record struct {
 // it has not expired, its user is not deleted, and its user is not banned at
 // now. A ban ends when banned_until passes (the guide's `banned_until IS
 // NULL` made every ban permanent). When several reasons hold, the most
-// lasting one is reported: deleted, then banned, then expired.
+// lasting one is reported: deleted, then banned, then expired. A NULL
+// expires_at (an application schema may allow it) decides nothing:
+// ReasonUndecidable, unless a deletion or ban does.
 func Check(r *Record, now time.Time) Reason {
 	switch {
 	case r == nil:
@@ -108,6 +133,8 @@ func Check(r *Record, now time.Time) Reason {
 		return ReasonUserDeleted
 	case r.BannedUntil != nil && r.BannedUntil.After(now):
 		return ReasonUserBanned
+	case r.ExpiresAt.IsZero():
+		return ReasonUndecidable
 	case !r.ExpiresAt.After(now):
 		return ReasonExpired
 	}

@@ -2,10 +2,13 @@ package tiers
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
+	"net"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -57,34 +60,24 @@ type RedisOptions struct {
 	DialTimeout time.Duration
 	// NegativeTTL is how long a "no such session" answer is cached.
 	NegativeTTL time.Duration
-	// TombstoneTTL is how long an invalidation refuses writes of data read
-	// before it: longer than any read-then-write can take (a warming run).
-	TombstoneTTL time.Duration
-	// TombstoneMargin widens each tombstone back in time, for clock skew
-	// between the instance that invalidates and the one that writes.
-	TombstoneMargin time.Duration
-	// LocalTombstoneTTL is how long this instance distrusts its local copies
-	// of what it invalidated (Redis's invalidation message may lag the DEL).
-	LocalTombstoneTTL time.Duration
+	// Fence configures the revocation fence.
+	Fence FenceOptions
 }
 
 // Redis is the L1 tier: sessions as Redis hashes under Key(hash), read
-// through rueidis's client-side cache.
+// through rueidis's client-side cache, believed only while the fence says
+// so (see Fence).
 type Redis struct {
-	client   atomic.Pointer[rueidis.Client]
-	opts     RedisOptions
-	genFloor atomic.Int64 // the generation this instance has bumped to
-	tombs    *localTombs
-	// distrust is set while an invalidation could not be applied to Redis:
-	// until the generation is bumped, no entry is believed (reads go to
-	// Postgres).
-	distrust      atomic.Bool
-	invalidations atomic.Int64
+	client atomic.Pointer[rueidis.Client]
+	opts   RedisOptions
+	fence  *Fence
 }
 
 // ClientOption turns a Redis URL (redis://, rediss://, unix://) into the
-// rueidis options sessiond runs with.
-func ClientOption(url string, o RedisOptions) (rueidis.ClientOption, error) {
+// rueidis options sessiond runs with. f, when not nil, hears of every
+// connection dialled (before it carries a command) and of every flush of the
+// local cache Redis sends: its dataset must be verified again.
+func ClientOption(url string, o RedisOptions, f *Fence) (rueidis.ClientOption, error) {
 	opt, err := rueidis.ParseURL(url)
 	if err != nil {
 		return opt, fmt.Errorf("parse redis url: %w", err)
@@ -101,6 +94,32 @@ func ClientOption(url string, o RedisOptions) (rueidis.ClientOption, error) {
 		opt.Dialer.Timeout = o.DialTimeout
 	}
 	opt.ClientName = "sessiond"
+	if f != nil {
+		dial := opt.DialCtxFn
+		opt.DialCtxFn = func(ctx context.Context, dst string, d *net.Dialer, cfg *tls.Config) (net.Conn, error) {
+			var conn net.Conn
+			var err error
+			switch {
+			case dial != nil:
+				conn, err = dial(ctx, dst, d, cfg)
+			case cfg != nil: // as rueidis dials by default
+				conn, err = (&tls.Dialer{NetDialer: d, Config: cfg}).DialContext(ctx, "tcp", dst)
+			default:
+				conn, err = d.DialContext(ctx, "tcp", dst)
+			}
+			if err == nil {
+				f.connChanged()
+			}
+			return conn, err
+		}
+		// rueidis calls this with nil when a connection's local cache is
+		// dropped: the connection closed, or Redis flushed (FLUSHALL).
+		opt.OnInvalidations = func(m []rueidis.RedisMessage) {
+			if m == nil {
+				f.connChanged()
+			}
+		}
+	}
 	return opt, nil
 }
 
@@ -112,11 +131,11 @@ func ClientOption(url string, o RedisOptions) (rueidis.ClientOption, error) {
 // the background, with capped exponential backoff, until ctx ends. A bad URL
 // is an error.
 func ConnectRedis(ctx context.Context, url string, o RedisOptions, log *slog.Logger) (*Redis, error) {
-	opt, err := ClientOption(url, o)
+	r := newRedis(o, log)
+	opt, err := ClientOption(url, o, r.fence)
 	if err != nil {
 		return nil, err
 	}
-	r := newRedis(o)
 	if c, err := rueidis.NewClient(opt); err == nil {
 		r.setClient(c)
 		return r, nil
@@ -146,16 +165,23 @@ func ConnectRedis(ctx context.Context, url string, o RedisOptions, log *slog.Log
 	return r, nil
 }
 
-// NewRedis wraps an existing client (tests, tools).
-func NewRedis(c rueidis.Client, o RedisOptions) *Redis {
-	r := newRedis(o)
+// NewRedis wraps an existing client (tests, tools). Its fence starts
+// verified unless the client was built with ClientOption and the fence
+// (use ConnectRedis for that).
+func NewRedis(c rueidis.Client, o RedisOptions, log *slog.Logger) *Redis {
+	r := newRedis(o, log)
 	r.setClient(c)
 	return r
 }
 
-func newRedis(o RedisOptions) *Redis {
-	return &Redis{opts: o, tombs: newLocalTombs(o.LocalTombstoneTTL)}
+func newRedis(o RedisOptions, log *slog.Logger) *Redis {
+	r := &Redis{opts: o}
+	r.fence = newFence(r.Client, o.Fence, log)
+	return r
 }
+
+// Fence returns the revocation fence this tier reads through.
+func (r *Redis) Fence() *Fence { return r.fence }
 
 func (r *Redis) setClient(c rueidis.Client) {
 	r.client.Store(&c)
@@ -177,22 +203,8 @@ func (r *Redis) Close() {
 	}
 }
 
-// Keys sessiond keeps besides the entries. An entry and its user's set are
-// written together; tombstones and the generation guard against stale
-// writes (see SetMany).
+// Entry fields besides the record's.
 const (
-	// GenKey holds the cache generation. An entry is only believed when its
-	// generation is the current one; bumping it drops every entry at once,
-	// on every instance, without a SCAN (see BumpGen).
-	GenKey = "sessiond:gen"
-	// UserSetPrefix + user id: the set of entry keys of that user's cached
-	// sessions, so that a user's entries are found without a SCAN.
-	UserSetPrefix = "sessiond:user:"
-	// TombPrefix + "u:"/"s:"/"k:"/"n:" + user id / session id / token hash /
-	// token hash: when the user, session or token was last invalidated, or
-	// a session was created with the token (Unix ms).
-	TombPrefix = "sessiond:tomb:"
-
 	fGen     = "g"       // the generation an entry was written in
 	fMissing = "missing" // marks a negative entry: no such session
 )
@@ -203,17 +215,17 @@ const (
 // for clock skew between instances). Reading, checking and writing in one
 // script leaves no window for an invalidation to slip between them, and one
 // script per batch (not per entry) keeps warming fast. An entry for a
-// session checks the tombstones of its user, its session and its token; a
-// negative entry (empty user set) those of its token and of a session newly
-// created with it. A writer that brings a newer generation than Redis holds
-// (Redis was restarted empty) puts it back: generations never go backwards.
+// session checks the tombstones of its user and its token; a negative entry
+// (no user index) those of its token and of a session newly created with
+// it. A writer that brings a newer generation than Redis holds (Redis was
+// restarted empty) puts it back: generations never go backwards.
 // It returns 1 (written) or 0 (refused) per entry.
 //
-// KEYS: generation, then per entry: entry, user set, three tombstones.
-// ARGV: read start (ms), margin (ms), generation, then per entry:
-// expire at (ms), number of field/value strings, fields...
+// KEYS: generation, then per entry: entry, user index or "", two
+// tombstones. ARGV: read start (ms), margin (ms), generation, then per
+// entry: expire at (ms), number of field/value strings, fields...
 var writeScript = rueidis.NewLuaScript(`
-local n = (#KEYS - 1) / 5
+local n = (#KEYS - 1) / 4
 local out = {}
 local g, w = tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(ARGV[3])
 if g > w then
@@ -224,10 +236,10 @@ if g < w then redis.call('SET', KEYS[1], ARGV[3]) end
 local limit = tonumber(ARGV[1]) - tonumber(ARGV[2])
 local a = 4
 for i = 1, n do
-  local k = 2 + (i - 1) * 5
+  local k = 2 + (i - 1) * 4
   local exp, nf = ARGV[a], tonumber(ARGV[a + 1])
   local ok = 1
-  for _, t in ipairs(redis.call('MGET', KEYS[k + 2], KEYS[k + 3], KEYS[k + 4])) do
+  for _, t in ipairs(redis.call('MGET', KEYS[k + 2], KEYS[k + 3])) do
     if t and tonumber(t) >= limit then ok = 0 end
   end
   if ok == 1 then
@@ -246,32 +258,6 @@ for i = 1, n do
 end
 return out`)
 
-// dropUserScript drops a user's entries (all of them, or with ARGV[3] the
-// one of that session id) and leaves a tombstone.
-//
-// KEYS: user set, tombstone. ARGV: now (ms), tombstone TTL (ms), [session id].
-var dropUserScript = rueidis.NewLuaScript(`
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-local n = 0
-for _, k in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local id = redis.call('HGET', k, 'id')
-  if ARGV[3] == nil or not id or id == ARGV[3] then
-    n = n + redis.call('DEL', k)
-    redis.call('SREM', KEYS[1], k)
-  end
-end
-if redis.call('SCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1]) end
-return n`)
-
-// dropKeyScript drops one entry by key (with ARGV[3], only a negative one)
-// and leaves a tombstone.
-//
-// KEYS: entry, tombstone. ARGV: now (ms), tombstone TTL (ms), [negative only].
-var dropKeyScript = rueidis.NewLuaScript(`
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-if ARGV[3] ~= nil and redis.call('HEXISTS', KEYS[1], '` + fMissing + `') == 0 then return 0 end
-return redis.call('DEL', KEYS[1])`)
-
 // Lookup is what Get found.
 type Lookup struct {
 	// Record is the cached session; nil when none is cached or when the
@@ -281,6 +267,9 @@ type Lookup struct {
 	Negative bool
 	// Local: answered from the client-side cache.
 	Local bool
+	// Distrusted: the fence did not let the cache be believed (see Fence):
+	// whatever is cached was not looked at, or not believed.
+	Distrusted bool
 	// Gen is the cache generation at the time of the read: a write of what
 	// is read from Postgres next must carry it (see Stamp).
 	Gen int64
@@ -296,17 +285,27 @@ type Stamp struct {
 	Gen       int64     // the cache generation before the read began
 }
 
-// Get returns what is cached under key, honouring ctx's deadline. An entry
-// of another generation is not believed (a miss). A local answer for a key,
-// session or user that this instance invalidated within the last
-// LocalTombstoneTTL is not believed either: Redis delivers the client-side
-// invalidation after the reply to the DEL, so the local copy may still be the
-// old one; such reads go to Redis itself. A Redis failure, or an entry that
-// cannot be decoded, is an error; callers treat it as a miss.
+// Seq is the fence's count of handled invalidations (see Fence.Seq).
+func (r *Redis) Seq() uint64 { return r.fence.Seq() }
+
+// Get returns what is cached under key, honouring ctx's deadline. Nothing is
+// believed while the fence does not trust Redis (checked before the read,
+// and after it, since the read may have crossed a new connection): that is a
+// miss marked Distrusted, without a round trip when known before. An entry
+// of another generation is not believed (a miss). A local answer for a key
+// or user that this instance invalidated within the last LocalTombstoneTTL
+// is not believed either: Redis delivers the client-side invalidation after
+// the reply to the DEL, so the local copy may still be the old one; such
+// reads go to Redis itself. A Redis failure, or an entry that cannot be
+// decoded, is an error; callers treat it as a miss.
 func (r *Redis) Get(ctx context.Context, key string) (Lookup, error) {
+	f := r.fence
+	if !f.Trusted() {
+		return Lookup{Gen: f.Floor(), Distrusted: true}, nil
+	}
 	c, err := r.Client()
 	if err != nil {
-		return Lookup{}, err
+		return Lookup{Gen: f.Floor()}, err
 	}
 	// DoMultiCache falls back to plain round trips when the client-side
 	// cache is disabled. A local copy lives for min(TTL, the key's PTTL),
@@ -315,8 +314,8 @@ func (r *Redis) Get(ctx context.Context, key string) (Lookup, error) {
 		rueidis.CT(c.B().Hgetall().Key(key).Cache(), r.opts.TTL),
 		rueidis.CT(c.B().Get().Key(GenKey).Cache(), r.opts.TTL))
 	l, err := r.decodeLookup(key, resps[0], resps[1])
-	if r.distrust.Load() {
-		return Lookup{Gen: l.Gen}, nil
+	if !f.Trusted() {
+		return Lookup{Gen: f.Floor(), Distrusted: true}, nil
 	}
 	if err != nil || !l.Local {
 		return l, err
@@ -325,23 +324,31 @@ func (r *Redis) Get(ctx context.Context, key string) (Lookup, error) {
 	// cached" (the local copy of an absent key may predate a fill that Redis
 	// has not yet told us about, and a round trip is cheaper than the
 	// Postgres query a miss costs), and a tombstoned one.
-	if l.Found() && !r.tombs.active(key, l) {
+	if l.Found() && !f.tombs.active(key, l) {
 		return l, nil
 	}
 	resps = c.DoMulti(ctx, c.B().Hgetall().Key(key).Build(), c.B().Get().Key(GenKey).Build())
-	return r.decodeLookup(key, resps[0], resps[1])
+	l, err = r.decodeLookup(key, resps[0], resps[1])
+	if !f.Trusted() {
+		return Lookup{Gen: f.Floor(), Distrusted: true}, nil
+	}
+	return l, err
 }
 
 func (r *Redis) decodeLookup(key string, entry, gen rueidis.RedisResult) (Lookup, error) {
+	floor := r.fence.Floor()
 	m, err := entry.AsStrMap()
 	if err != nil {
-		return Lookup{}, fmt.Errorf("redis hgetall: %w", err)
+		return Lookup{Gen: floor}, fmt.Errorf("redis hgetall: %w", err)
 	}
 	g, err := gen.AsInt64()
 	if err != nil && !rueidis.IsRedisNil(err) {
-		return Lookup{}, fmt.Errorf("redis get generation: %w", err)
+		return Lookup{Gen: floor}, fmt.Errorf("redis get generation: %w", err)
 	}
-	l := Lookup{Local: entry.IsCacheHit(), Gen: max(g, r.genFloor.Load())}
+	if g > floor {
+		r.fence.observe(g)
+	}
+	l := Lookup{Local: entry.IsCacheHit(), Gen: max(g, floor)}
 	if len(m) == 0 { // HGETALL of a missing key is an empty map
 		return l, nil
 	}
@@ -354,7 +361,7 @@ func (r *Redis) decodeLookup(key string, entry, gen rueidis.RedisResult) (Lookup
 	}
 	l.Record, err = decode(m)
 	if err != nil {
-		return Lookup{}, fmt.Errorf("cache entry %s: %w", key, err)
+		return Lookup{Gen: l.Gen}, fmt.Errorf("cache entry %s: %w", key, err)
 	}
 	return l, nil
 }
@@ -369,41 +376,9 @@ func (r *Redis) Gen(ctx context.Context) (int64, error) {
 	if err != nil && !rueidis.IsRedisNil(err) {
 		return 0, fmt.Errorf("redis get generation: %w", err)
 	}
-	return max(g, r.genFloor.Load()), nil
+	r.fence.observe(g)
+	return r.fence.Floor(), nil
 }
-
-// BumpGen moves the cache generation on, so that no entry written before is
-// believed again, on any instance: what to do when invalidations may have
-// been missed. It returns the new generation.
-func (r *Redis) BumpGen(ctx context.Context) (int64, error) {
-	c, err := r.Client()
-	if err != nil {
-		return 0, err
-	}
-	g, err := c.Do(ctx, c.B().Incr().Key(GenKey).Build()).AsInt64()
-	if err != nil {
-		return 0, fmt.Errorf("redis incr generation: %w", err)
-	}
-	// Our own local copy of the generation may lag (invalidations come after
-	// the reply); the floor makes this instance see the new one at once.
-	for {
-		f := r.genFloor.Load()
-		if g <= f || r.genFloor.CompareAndSwap(f, g) {
-			break
-		}
-	}
-	return g, nil
-}
-
-// Distrust makes Get believe no entry until Trust: for while an
-// invalidation is known to be missing from Redis.
-func (r *Redis) Distrust() { r.distrust.Store(true) }
-
-// Trust ends Distrust; call it after BumpGen.
-func (r *Redis) Trust() { r.distrust.Store(false) }
-
-// Invalidations is how many entries the Drop methods have deleted.
-func (r *Redis) Invalidations() int64 { return r.invalidations.Load() }
 
 // Entry is one record to cache under Key.
 type Entry struct {
@@ -431,11 +406,12 @@ func (r *Redis) Set(ctx context.Context, key string, rec *Record, st Stamp) erro
 // SetMany caches each entry as a hash whose absolute expiry is
 // min(read start + TTL, the session's expires_at), in one round trip. Each
 // entry is replaced whole by a script (writeScript) that also files it in its
-// user's set and refuses data older than an invalidation; so no reader ever
+// user's index and refuses data older than an invalidation; so no reader ever
 // sees a half-written entry, a field left from an older version, an entry
-// without an expiry, or a session brought back after it was revoked. It
-// returns one result and one error (nil unless Failed) per entry, and
-// honours ctx's deadline.
+// without an expiry, or a session brought back after it was revoked. A
+// record the rule cannot decide (see Check) is skipped. It returns one
+// result and one error (nil unless Failed) per entry, and honours ctx's
+// deadline.
 func (r *Redis) SetMany(ctx context.Context, entries []Entry, st Stamp) ([]WriteResult, []error) {
 	res := make([]WriteResult, len(entries))
 	errs := make([]error, len(entries))
@@ -449,13 +425,13 @@ func (r *Redis) SetMany(ctx context.Context, entries []Entry, st Stamp) ([]Write
 	w := r.newWrite(st, len(entries))
 	for i, e := range entries {
 		ttl := ttlFor(e.Record, st.ReadStart, r.opts.TTL, r.opts.NegativeTTL)
-		if ttl <= 0 {
+		if ttl <= 0 || Check(e.Record, st.ReadStart) == ReasonUndecidable {
 			res[i] = Skipped
 			continue
 		}
 		rec := e.Record
 		w.add(i, st.ReadStart.Add(ttl), encode(rec),
-			e.Key, UserSetPrefix+rec.UserID, TombPrefix+"u:"+rec.UserID, TombPrefix+"s:"+rec.ID, TombPrefix+"k:"+hashOf(e.Key))
+			e.Key, UserSetPrefix+rec.UserID, TombPrefix+"u:"+rec.UserID, TombPrefix+"k:"+hashOf(e.Key))
 	}
 	w.exec(ctx, c, res, errs)
 	return res, errs
@@ -471,7 +447,7 @@ func (r *Redis) SetNegative(ctx context.Context, key string, st Stamp) (WriteRes
 	res, errs := []WriteResult{0}, []error{nil}
 	w := r.newWrite(st, 1)
 	w.add(0, st.ReadStart.Add(r.opts.NegativeTTL), []string{fMissing, "1"},
-		key, "", TombPrefix+"k:"+hashOf(key), TombPrefix+"n:"+hashOf(key), "")
+		key, "", TombPrefix+"k:"+hashOf(key), TombPrefix+"n:"+hashOf(key))
 	w.exec(ctx, c, res, errs)
 	return res[0], errs[0]
 }
@@ -483,16 +459,16 @@ type write struct {
 }
 
 func (r *Redis) newWrite(st Stamp, n int) *write {
-	w := &write{keys: make([]string, 1, 1+5*n), args: make([]string, 3, 3+30*n), idx: make([]int, 0, n)}
+	w := &write{keys: make([]string, 1, 1+4*n), args: make([]string, 3, 3+30*n), idx: make([]int, 0, n)}
 	w.keys[0] = GenKey
 	w.args[0] = strconv.FormatInt(st.ReadStart.UnixMilli(), 10)
-	w.args[1] = strconv.FormatInt(r.opts.TombstoneMargin.Milliseconds(), 10)
+	w.args[1] = strconv.FormatInt(r.fence.opts.TombstoneMargin.Milliseconds(), 10)
 	w.args[2] = strconv.FormatInt(st.Gen, 10)
 	return w
 }
 
-// add queues entry i: its five keys (entry, user set or "", three
-// tombstones or "") and its fields, plus the generation field.
+// add queues entry i: its four keys (entry, user index or "", two
+// tombstones) and its fields, plus the generation field.
 func (w *write) add(i int, expireAt time.Time, fields []string, keys ...string) {
 	w.keys = append(w.keys, keys...)
 	w.args = append(w.args, strconv.FormatInt(expireAt.UnixMilli(), 10), strconv.Itoa(len(fields)+2), fGen, w.args[2])
@@ -523,62 +499,18 @@ func (w *write) exec(ctx context.Context, c rueidis.Client, res []WriteResult, e
 // hashOf is the token hash in an entry key.
 func hashOf(key string) string { return strings.TrimPrefix(key, KeyPrefix) }
 
-// DropUser deletes every cached session of a user, leaves a tombstone that
-// refuses writes of data read before now, and makes this instance distrust
-// its local copies of them for LocalTombstoneTTL. It returns how many entries
-// it deleted.
-func (r *Redis) DropUser(ctx context.Context, userID string) (int64, error) {
-	r.tombs.mark("u:" + userID)
-	return r.drop(ctx, dropUserScript, []string{UserSetPrefix + userID, TombPrefix + "u:" + userID})
-}
-
-// DropSession deletes the cached entry of one session (found through its
-// user's set), like DropUser.
-func (r *Redis) DropSession(ctx context.Context, sessionID, userID string) (int64, error) {
-	r.tombs.mark("s:" + sessionID)
-	return r.drop(ctx, dropUserScript, []string{UserSetPrefix + userID, TombPrefix + "s:" + sessionID}, sessionID)
-}
-
-// DropKey deletes the entry under key (a session's, or a negative one), like
-// DropUser: for a token that must not validate from the cache any more.
-func (r *Redis) DropKey(ctx context.Context, key string) (int64, error) {
-	r.tombs.mark("k:" + hashOf(key))
-	return r.drop(ctx, dropKeyScript, []string{key, TombPrefix + "k:" + hashOf(key)})
-}
-
-// DropNegative deletes the entry under key for a token a session was just
-// created with: a cached "no such session" must go, and no negative answer
-// read before now may be written. Unlike DropKey it does not hold back
-// caching the new session itself.
-func (r *Redis) DropNegative(ctx context.Context, key string) (int64, error) {
-	r.tombs.mark("n:" + hashOf(key))
-	return r.drop(ctx, dropKeyScript, []string{key, TombPrefix + "n:" + hashOf(key)}, "negative only")
-}
-
-func (r *Redis) drop(ctx context.Context, script *rueidis.Lua, keys []string, extra ...string) (int64, error) {
-	c, err := r.Client()
-	if err != nil {
-		return 0, err
-	}
-	args := append([]string{strconv.FormatInt(time.Now().UnixMilli(), 10), strconv.FormatInt(r.opts.TombstoneTTL.Milliseconds(), 10)}, extra...)
-	n, err := script.Exec(ctx, c, keys, args).AsInt64()
-	if err != nil {
-		return 0, fmt.Errorf("redis invalidate: %w", err)
-	}
-	r.invalidations.Add(n)
-	return n, nil
-}
-
 // encode lists the fields of r, a NULL column being an absent field.
 func encode(r *Record) []string {
 	f := make([]string, 0, 26)
-	f = append(f,
-		fID, r.ID,
-		fUserID, r.UserID,
-		fExpiresAt, encTime(r.ExpiresAt),
-		fLastActivityAt, encTime(r.LastActivityAt),
-		fCreatedAt, encTime(r.CreatedAt),
-		fEmail, r.Email)
+	f = append(f, fID, r.ID, fUserID, r.UserID, fEmail, r.Email)
+	for _, o := range [...]struct {
+		name string
+		v    time.Time
+	}{{fExpiresAt, r.ExpiresAt}, {fLastActivityAt, r.LastActivityAt}, {fCreatedAt, r.CreatedAt}} {
+		if !o.v.IsZero() {
+			f = append(f, o.name, encTime(o.v))
+		}
+	}
 	for _, o := range [...]struct {
 		name string
 		v    *string
@@ -601,21 +533,24 @@ func decode(m map[string]string) (*Record, error) {
 	if r.ID == "" || r.UserID == "" {
 		return nil, errors.New("missing id or userId")
 	}
-	var err error
-	if r.ExpiresAt, err = decTime(m, fExpiresAt); err != nil {
-		return nil, err
-	}
-	if r.LastActivityAt, err = decTime(m, fLastActivityAt); err != nil {
-		return nil, err
-	}
-	if r.CreatedAt, err = decTime(m, fCreatedAt); err != nil {
-		return nil, err
+	for _, o := range [...]struct {
+		name string
+		dst  *time.Time
+	}{{fExpiresAt, &r.ExpiresAt}, {fLastActivityAt, &r.LastActivityAt}, {fCreatedAt, &r.CreatedAt}} {
+		if v, ok := m[o.name]; ok {
+			t, err := decTime(v)
+			if err != nil {
+				return nil, fmt.Errorf("field %s: %w", o.name, err)
+			}
+			*o.dst = t
+		}
 	}
 	r.IPAddress = optString(m, fIPAddress)
 	r.UserAgent = optString(m, fUserAgent)
 	r.FirstName = optString(m, fFirstName)
 	r.LastName = optString(m, fLastName)
 	r.Username = optString(m, fUsername)
+	var err error
 	if r.DeletedAt, err = optTime(m, fDeletedAt); err != nil {
 		return nil, err
 	}
@@ -625,26 +560,60 @@ func decode(m map[string]string) (*Record, error) {
 	return r, nil
 }
 
-func encTime(t time.Time) string { return strconv.FormatInt(t.UnixMicro(), 10) }
+// Times are Unix microseconds, Postgres's own resolution, so that a cached
+// record compares equal to the row it came from. The few values that do not
+// fit (±infinity, and years past 294,246 that Postgres holds up to 294,276)
+// are written "inf", "-inf" and "s<seconds>.<microseconds>".
+func encTime(t time.Time) string {
+	switch {
+	case t.Equal(Infinity):
+		return "inf"
+	case t.Equal(NegInfinity):
+		return "-inf"
+	case t.Before(minMicro) || t.After(maxMicro):
+		return "s" + strconv.FormatInt(t.Unix(), 10) + "." + strconv.Itoa(t.Nanosecond()/1000)
+	}
+	return strconv.FormatInt(t.UnixMicro(), 10)
+}
 
-func decTime(m map[string]string, f string) (time.Time, error) {
-	v, ok := m[f]
-	if !ok {
-		return time.Time{}, fmt.Errorf("missing %s", f)
+// The range of times that Unix microseconds in an int64 can hold.
+var (
+	minMicro = time.UnixMicro(math.MinInt64).UTC()
+	maxMicro = time.UnixMicro(math.MaxInt64).UTC()
+)
+
+func decTime(v string) (time.Time, error) {
+	switch {
+	case v == "inf":
+		return Infinity, nil
+	case v == "-inf":
+		return NegInfinity, nil
+	case strings.HasPrefix(v, "s"):
+		sec, usec, ok := strings.Cut(v[1:], ".")
+		s, err1 := strconv.ParseInt(sec, 10, 64)
+		us, err2 := strconv.ParseInt(usec, 10, 64)
+		if !ok || err1 != nil || err2 != nil || us < 0 || us >= 1e6 {
+			return time.Time{}, fmt.Errorf("bad time %q", v)
+		}
+		return time.Unix(s, us*1000).UTC(), nil
 	}
 	us, err := strconv.ParseInt(v, 10, 64)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("field %s: %w", f, err)
+		return time.Time{}, err
 	}
 	return time.UnixMicro(us).UTC(), nil
 }
 
 func optTime(m map[string]string, f string) (*time.Time, error) {
-	if _, ok := m[f]; !ok {
+	v, ok := m[f]
+	if !ok {
 		return nil, nil
 	}
-	t, err := decTime(m, f)
-	return &t, err
+	t, err := decTime(v)
+	if err != nil {
+		return nil, fmt.Errorf("field %s: %w", f, err)
+	}
+	return &t, nil
 }
 
 func optString(m map[string]string, f string) *string {

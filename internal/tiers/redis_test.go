@@ -3,6 +3,8 @@ package tiers
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -16,7 +18,7 @@ func TestMain(m *testing.M) { devtest.Main(m) }
 func newTestRedis(t *testing.T, local bool) (*Redis, rueidis.Client) {
 	t.Helper()
 	url := devtest.RedisURL(t)
-	opt, err := ClientOption(url, RedisOptions{LocalCache: local, LocalCacheBytes: 1 << 20})
+	opt, err := ClientOption(url, RedisOptions{LocalCache: local, LocalCacheBytes: 1 << 20}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +32,21 @@ func newTestRedis(t *testing.T, local bool) (*Redis, rueidis.Client) {
 		t.Fatal(err)
 	}
 	t.Cleanup(raw.Close)
-	return NewRedis(c, RedisOptions{TTL: time.Minute, LocalCache: local}), raw
+	return NewRedis(c, RedisOptions{TTL: time.Minute, LocalCache: local, Fence: testFenceOptions()}, discard), raw
+}
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func testFenceOptions() FenceOptions {
+	return FenceOptions{Timeout: 5 * time.Second, TombstoneTTL: time.Minute, TombstoneMargin: time.Second, LocalTombstoneTTL: time.Second}
+}
+
+// runFence runs r's fence until the test ends, as the server does.
+func runFence(tb testing.TB, r *Redis) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); r.Fence().Run(ctx) }()
+	tb.Cleanup(func() { cancel(); <-done })
 }
 
 func TestRedisRoundTrip(t *testing.T) {
@@ -114,7 +130,7 @@ func TestRedisCorruptEntryIsAnError(t *testing.T) {
 }
 
 func TestRedisNotConnected(t *testing.T) {
-	r := newRedis(RedisOptions{})
+	r := newRedis(RedisOptions{}, discard)
 	if _, err := r.Get(context.Background(), "k"); !errors.Is(err, ErrRedisNotConnected) {
 		t.Errorf("Get: %v", err)
 	}
@@ -141,7 +157,8 @@ func equalRecords(a, b *Record) bool {
 // the skew margin), it goes through.
 func TestRedisWritesAfterInvalidation(t *testing.T) {
 	r, raw := newTestRedis(t, true)
-	r.opts.TombstoneTTL, r.opts.TombstoneMargin, r.opts.NegativeTTL = time.Minute, time.Second, time.Minute
+	r.opts.NegativeTTL = time.Minute
+	f := r.Fence()
 	ctx := t.Context()
 	now := time.Now()
 	rec := &Record{ID: "s1", UserID: "u1", ExpiresAt: now.Add(time.Hour), Email: "e"}
@@ -154,33 +171,26 @@ func TestRedisWritesAfterInvalidation(t *testing.T) {
 		}
 		return n == 1
 	}
+	set := func(key string) func(st Stamp) (WriteResult, error) {
+		return func(st Stamp) (WriteResult, error) {
+			res, errs := r.SetMany(ctx, []Entry{{key, rec}}, st)
+			return res[0], errs[0]
+		}
+	}
 	tests := []struct {
 		name  string
-		drop  func() error
+		drop  Batch
 		write func(st Stamp) (WriteResult, error)
 		key   string
 	}{
-		{"user invalidated", func() error { _, err := r.DropUser(ctx, "u1"); return err },
-			func(st Stamp) (WriteResult, error) {
-				res, errs := r.SetMany(ctx, []Entry{{"session:a", rec}}, st)
-				return res[0], errs[0]
-			}, "session:a"},
-		{"session invalidated", func() error { _, err := r.DropSession(ctx, "s1", "u1"); return err },
-			func(st Stamp) (WriteResult, error) {
-				res, errs := r.SetMany(ctx, []Entry{{"session:b", rec}}, st)
-				return res[0], errs[0]
-			}, "session:b"},
-		{"token invalidated", func() error { _, err := r.DropKey(ctx, "session:c"); return err },
-			func(st Stamp) (WriteResult, error) {
-				res, errs := r.SetMany(ctx, []Entry{{"session:c", rec}}, st)
-				return res[0], errs[0]
-			}, "session:c"},
-		{"session created with the token: no negative", func() error { _, err := r.DropNegative(ctx, "session:d"); return err },
+		{"user invalidated", Batch{Users: []string{"u1"}}, set("session:a"), "session:a"},
+		{"token invalidated", Batch{Keys: []string{"session:c"}}, set("session:c"), "session:c"},
+		{"session created with the token: no negative", Batch{NewKeys: []string{"session:d"}},
 			func(st Stamp) (WriteResult, error) { return r.SetNegative(ctx, "session:d", st) }, "session:d"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := tt.drop(); err != nil {
+			if _, err := f.Apply(ctx, tt.drop); err != nil {
 				t.Fatal(err)
 			}
 			if res, err := tt.write(before); err != nil || res != Skipped || exists(tt.key) {
@@ -192,21 +202,32 @@ func TestRedisWritesAfterInvalidation(t *testing.T) {
 		})
 	}
 
+	t.Run("a user drop deletes every entry of the user and nothing else", func(t *testing.T) {
+		other := &Record{ID: "s9", UserID: "u9", ExpiresAt: now.Add(time.Hour), Email: "e"}
+		if _, errs := r.SetMany(ctx, []Entry{{"session:u1a", rec}, {"session:u1b", rec}, {"session:u9", other}}, after); errs[0] != nil {
+			t.Fatal(errs)
+		}
+		n, err := f.Apply(ctx, Batch{Users: []string{"u1"}})
+		if err != nil || n < 2 || exists("session:u1a") || exists("session:u1b") || !exists("session:u9") {
+			t.Errorf("dropped %d (%v); u1a %v u1b %v u9 %v", n, err, exists("session:u1a"), exists("session:u1b"), exists("session:u9"))
+		}
+	})
+
 	t.Run("a new session is cached although its token's negative was just dropped", func(t *testing.T) {
-		if _, err := r.DropNegative(ctx, "session:e"); err != nil {
+		if _, err := f.Apply(ctx, Batch{NewKeys: []string{"session:e"}}); err != nil {
 			t.Fatal(err)
 		}
 		other := &Record{ID: "s2", UserID: "u2", ExpiresAt: now.Add(time.Hour), Email: "e"} // no tombstones of its own
 		if res, errs := r.SetMany(ctx, []Entry{{"session:e", other}}, before); res[0] != Written || errs[0] != nil {
 			t.Errorf("%v %v, want Written", res[0], errs[0])
 		}
-		if n, err := r.DropNegative(ctx, "session:e"); n != 0 || err != nil || !exists("session:e") {
-			t.Errorf("DropNegative removed a session entry: %d %v", n, err)
+		if n, err := f.Apply(ctx, Batch{NewKeys: []string{"session:e"}}); n != 0 || err != nil || !exists("session:e") {
+			t.Errorf("a new-key drop removed a session entry: %d %v", n, err)
 		}
 	})
 
 	t.Run("a generation bump drops everything and refuses old writers", func(t *testing.T) {
-		if _, err := r.BumpGen(ctx); err != nil {
+		if err := f.Resync(ctx, "test"); err != nil {
 			t.Fatal(err)
 		}
 		if l, err := r.Get(ctx, "session:e"); err != nil || l.Found() {
@@ -226,6 +247,41 @@ func TestRedisWritesAfterInvalidation(t *testing.T) {
 			t.Errorf("entry of the new generation: %+v %v", l, err)
 		}
 	})
+}
+
+// Every time Postgres can hold survives the round trip through Redis:
+// infinity, years past what Unix microseconds hold, NULL timestamps.
+func TestRedisTimesRoundTrip(t *testing.T) {
+	r, _ := newTestRedis(t, false)
+	ctx := t.Context()
+	far := time.Date(294276, 12, 31, 23, 59, 59, 999999000, time.UTC)
+	early := time.Date(-4712, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		name string
+		rec  *Record
+	}{
+		{"infinity", &Record{ID: "s", UserID: "u", ExpiresAt: Infinity, LastActivityAt: NegInfinity, BannedUntil: ptrTime(Infinity)}},
+		{"past year 294246", &Record{ID: "s", UserID: "u", ExpiresAt: far, BannedUntil: ptrTime(far), DeletedAt: ptrTime(early)}},
+		{"null times", &Record{ID: "s", UserID: "u", ExpiresAt: far}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m := map[string]string{}
+			f := encode(tt.rec)
+			for i := 0; i < len(f); i += 2 {
+				m[f[i]] = f[i+1]
+			}
+			got, err := decode(m)
+			if err != nil || !equalRecords(got, tt.rec) {
+				t.Errorf("decode(encode) = %+v, %v; want %+v", got, err, tt.rec)
+			}
+			if err := r.Set(ctx, "session:t", tt.rec, Stamp{ReadStart: time.Now()}); err != nil {
+				t.Fatal(err)
+			}
+			if l, err := r.Get(ctx, "session:t"); err != nil || !equalRecords(l.Record, tt.rec) {
+				t.Errorf("through redis: %+v %v", l.Record, err)
+			}
+		})
+	}
 }
 
 func devtestRedisURL(tb testing.TB) string { return devtest.RedisURL(tb) }

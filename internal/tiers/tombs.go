@@ -16,7 +16,7 @@ type localTombs struct {
 	// is live and no lookup is needed.
 	liveUntil atomic.Int64
 	mu        sync.Mutex
-	until     map[string]time.Time // "k:"/"n:"+hash, "s:"+session id, "u:"+user id
+	until     map[string]time.Time // "k:"/"n:"+hash, "u:"+user id
 	pruneAt   int                  // map size at which expired entries are next swept
 }
 
@@ -49,8 +49,8 @@ func (t *localTombs) mark(id string) {
 }
 
 // active reports whether what was read under key is tombstoned: a session
-// by its token, session or user; a negative answer by its token, or by a
-// session created with that token ("n:").
+// by its token or user; a negative answer by its token, or by a session
+// created with that token ("n:").
 func (t *localTombs) active(key string, l Lookup) bool {
 	if time.Now().UnixNano() > t.liveUntil.Load() {
 		return false
@@ -69,7 +69,7 @@ func (t *localTombs) active(key string, l Lookup) bool {
 	case l.Negative:
 		return live("n:" + h)
 	case l.Record != nil:
-		return live("s:"+l.Record.ID) || live("u:"+l.Record.UserID)
+		return live("u:" + l.Record.UserID)
 	}
 	return false
 }

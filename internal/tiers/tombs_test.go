@@ -17,7 +17,6 @@ func TestLocalTombs(t *testing.T) {
 	}{
 		{"nothing marked", "", Lookup{Record: rec}, false},
 		{"token", "k:abc", Lookup{Record: rec}, true},
-		{"session", "s:s1", Lookup{Record: rec}, true},
 		{"user", "u:u1", Lookup{Record: rec}, true},
 		{"another user", "u:u2", Lookup{Record: rec}, false},
 		{"new session with the token: a negative is distrusted", "n:abc", Lookup{Negative: true}, true},

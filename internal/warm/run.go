@@ -128,6 +128,14 @@ func (r *Run) batchDone(warmed, failed, skipped int) Progress {
 	return r.publish()
 }
 
+// unreadable counts a row that could not be read as failed; the next batch
+// publishes it.
+func (r *Run) unreadable() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.p.Failed++
+}
+
 func (r *Run) finish(o Outcome, err error) Progress {
 	r.mu.Lock()
 	defer r.mu.Unlock()

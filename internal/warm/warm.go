@@ -312,13 +312,23 @@ func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, log *slog.Logger)
 	readErr := func() error {
 		defer close(batches)
 		batch := <-free
+		var rs tiers.RowScan
+		var stored string
+		dest := append([]any{&stored}, rs.Dest()...)
 		for rows.Next() {
-			rec := new(tiers.Record)
-			var stored string
-			if err := rows.Scan(append([]any{&stored}, tiers.RecordDest(rec)...)...); err != nil {
-				return fmt.Errorf("%w: read session row: %w", ErrPostgres, err)
+			if err := rows.Scan(dest...); err != nil {
+				var bad pgx.ScanArgError
+				if !errors.As(err, &bad) || bad.ColumnIndex == 0 {
+					return fmt.Errorf("%w: read session row: %w", ErrPostgres, err)
+				}
+				// One row an application wrote in a way sessiond cannot
+				// read must not fail every warm (and hold health at
+				// NOT_SERVING): skip it, say which.
+				r.unreadable()
+				log.Warn("[CacheWarming] session row skipped: sessiond cannot read it", "session_id", rowID(rows), "column", bad.FieldName, "error", bad.Err)
+				continue
 			}
-			batch = append(batch, tiers.Entry{Key: tiers.RowKey(stored, cfg.Storage), Record: tiers.Normalize(rec)})
+			batch = append(batch, tiers.Entry{Key: tiers.RowKey(stored, cfg.Storage), Record: rs.Record()})
 			if len(batch) == cfg.BatchSize {
 				select {
 				case batches <- batch:
@@ -384,10 +394,11 @@ func (w *Warmer) write(ctx context.Context, r *Run, cfg Config, st tiers.Stamp, 
 				}
 			}
 		}
+		// Counted before a timeout is acted on: what was written is reported.
+		p := r.batchDone(warmed, failed, skipped)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		p := r.batchDone(warmed, failed, skipped)
 		done := p.Warmed + p.Failed + p.Skipped
 		log.Info(fmt.Sprintf("[CacheWarming] Progress: %d/%d (%d%%) - Failed: %d", done, p.Total, percent(done, p.Total), p.Failed),
 			"done", done, "total", p.Total, "failed", p.Failed, "skipped", p.Skipped, "batch", p.Batches)
@@ -400,6 +411,14 @@ func (w *Warmer) write(ctx context.Context, r *Run, cfg Config, st tiers.Stamp, 
 		free <- batch[:0]
 	}
 	return nil
+}
+
+// rowID is the session id (the second column) of the current row, as text.
+func rowID(rows pgx.Rows) string {
+	if raw := rows.RawValues(); len(raw) > 1 {
+		return string(raw[1])
+	}
+	return ""
 }
 
 func percent(n, total int) int {

@@ -52,7 +52,7 @@ func BenchmarkWarm(b *testing.B) {
 	}
 	redisURL := devtest.RedisURL(b)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	r, err := tiers.ConnectRedis(ctx, redisURL, tiers.RedisOptions{TTL: 5 * time.Minute, TombstoneMargin: time.Second}, log)
+	r, err := tiers.ConnectRedis(ctx, redisURL, tiers.RedisOptions{TTL: 5 * time.Minute, Fence: tiers.FenceOptions{TombstoneMargin: time.Second, Timeout: 5 * time.Second}}, log)
 	if err != nil {
 		b.Fatal(err)
 	}
