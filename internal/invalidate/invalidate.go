@@ -73,6 +73,8 @@ type Invalidator struct {
 	hbNow     chan uint64 // asks the heartbeat sender for a joining heartbeat
 	oldFormat atomic.Bool // triggers of version 1 are installed
 
+	lastVouched atomic.Int64 // the latest coverage this instance recorded
+
 	notifications, heartbeats, batches atomic.Int64
 }
 
@@ -274,8 +276,12 @@ func (v *Invalidator) handleLoop(ctx context.Context) {
 		}
 		vouch, err := v.Handle(ctx, batch)
 		if err == nil && vouch > 0 {
-			if _, err := v.fence.AdvanceCoverage(ctx, vouch); err != nil && ctx.Err() == nil {
+			ok, err := v.fence.AdvanceCoverage(ctx, vouch)
+			switch {
+			case err != nil && ctx.Err() == nil:
 				v.log.Debug("coverage not advanced", "error", err)
+			case ok:
+				v.lastVouched.Store(vouch)
 			}
 		}
 	}
@@ -393,6 +399,7 @@ func (v *Invalidator) listen(ctx context.Context) (lived bool, err error) {
 		return false, fmt.Errorf("listen: %w", err)
 	}
 	cfg.OnNotification = v.enqueue
+	cfg.RuntimeParams["application_name"] = ListenerApplicationName
 	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > v.opts.Timeout {
 		cfg.ConnectTimeout = v.opts.Timeout
 	}
@@ -448,6 +455,22 @@ func (v *Invalidator) listen(ctx context.Context) (lived bool, err error) {
 			}
 		}
 	}
+}
+
+// The application_name of the LISTEN and heartbeat connections in
+// pg_stat_activity, so that an operator (or a test) can find them.
+const (
+	ListenerApplicationName  = "sessiond-listener"
+	HeartbeatApplicationName = "sessiond-heartbeat"
+)
+
+func connectAs(ctx context.Context, url, name string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	cfg.RuntimeParams["application_name"] = name
+	return pgx.ConnectConfig(ctx, cfg)
 }
 
 // watchdogTick is how often the listener checks that heartbeats still come.
@@ -525,12 +548,14 @@ const joinTimeout = 2 * time.Second
 // cover makes sure that every invalidation committed before since (when this
 // listener began to hear) is in Redis: when the shared coverage already
 // reaches since, others applied them and nothing needs doing (a new or
-// reconnected instance does not empty the shared cache); when coverage is
-// live (another instance covers) but behind, it waits a little for it; else
-// invalidations may have been missed while nobody listened, and it bumps the
-// generation, then records the coverage it now vouches for.
+// reconnected instance does not empty the shared cache). A covering
+// instance vouches for a joining heartbeat at once, so it waits a little for
+// that: up to coverWait when the coverage is live and was not last moved by
+// this instance, else shortCoverWait. Past that, invalidations may have been
+// missed while nobody listened: it bumps the generation, then records the
+// coverage it now vouches for.
 func (v *Invalidator) cover(ctx context.Context, since int64) {
-	deadline := time.Now().Add(coverWait)
+	var deadline time.Time
 	for {
 		c, err := v.fence.Coverage(ctx)
 		if err != nil {
@@ -541,11 +566,20 @@ func (v *Invalidator) cover(ctx context.Context, since int64) {
 		if c >= since {
 			return
 		}
-		live := c >= since-3*v.opts.Heartbeat.Microseconds()
-		if !live || time.Now().After(deadline) {
+		if c == 0 {
+			break // nobody ever covered (or Redis lost it): nobody to wait for
+		}
+		if deadline.IsZero() {
+			wait := shortCoverWait
+			if c >= since-3*v.opts.Heartbeat.Microseconds() && c != v.lastVouched.Load() {
+				wait = coverWait
+			}
+			deadline = time.Now().Add(wait)
+		}
+		if time.Now().After(deadline) {
 			break
 		}
-		if !sleep(ctx, 10*time.Millisecond) {
+		if !sleep(ctx, 5*time.Millisecond) {
 			return
 		}
 	}
@@ -558,9 +592,13 @@ func (v *Invalidator) cover(ctx context.Context, since int64) {
 	}
 }
 
-// coverWait bounds the wait for a live shared coverage to pass a new
-// listener's start: a covering instance answers a joining heartbeat at once.
-const coverWait = time.Second
+// coverWait bounds the wait for another instance to vouch for a joining
+// heartbeat when the shared coverage shows one is covering; shortCoverWait
+// when nothing shows it.
+const (
+	coverWait      = time.Second
+	shortCoverWait = 200 * time.Millisecond
+)
 
 // heartbeatLoop sends a heartbeat every Heartbeat (and a joining one when
 // asked) on its own connection, so that a busy pool does not delay it.
@@ -588,7 +626,7 @@ func (v *Invalidator) heartbeatLoop(ctx context.Context) {
 		cctx, cancel := context.WithTimeout(ctx, v.opts.Timeout)
 		var err error
 		if conn == nil {
-			conn, err = pgx.Connect(cctx, v.opts.DatabaseURL)
+			conn, err = connectAs(cctx, v.opts.DatabaseURL, HeartbeatApplicationName)
 		}
 		if err == nil {
 			_, err = conn.Exec(cctx, `SELECT pg_notify($1, $2 || `+pgNowColumn+` || $3)`, schema.Channel, "h:"+v.id+":", suffix)

@@ -27,6 +27,10 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, tiers.ErrUnavailable):
 		return status.Error(codes.Unavailable, "session is not cached and the session database cannot be reached: "+err.Error())
+	case errors.Is(err, tiers.ErrUnreadable):
+		// Not the caller's fault and not transient: an operator must look.
+		log.ErrorContext(ctx, "session row cannot be decided", "method", method, "error", err)
+		return status.Error(codes.Internal, "the session's row cannot be decided by sessiond (the server log says why)")
 	case errors.Is(err, warm.ErrPostgres):
 		return status.Error(codes.Unavailable, "the session database cannot answer: "+err.Error())
 	case errors.Is(err, context.DeadlineExceeded):

@@ -28,6 +28,7 @@ func TestToStatus(t *testing.T) {
 		{"caller cancelled", context.Canceled, codes.Canceled},
 		{"a status passes through", status.Error(codes.PermissionDenied, "no"), codes.PermissionDenied},
 		{"anything else is internal", errors.New(`relation "platform.users" does not exist`), codes.Internal},
+		{"a row sessiond cannot decide", fmt.Errorf("%w: session 5f0c has a NULL expires_at", tiers.ErrUnreadable), codes.Internal},
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for _, tt := range tests {

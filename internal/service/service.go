@@ -122,9 +122,9 @@ func sessionToProto(r *tiers.Record) *sessiondv1.Session {
 	return &sessiondv1.Session{
 		Id:             r.ID,
 		UserId:         r.UserID,
-		ExpiresAt:      timestamppb.New(r.ExpiresAt),
-		LastActivityAt: timestamppb.New(r.LastActivityAt),
-		CreatedAt:      timestamppb.New(r.CreatedAt),
+		ExpiresAt:      timestamp(r.ExpiresAt),
+		LastActivityAt: timestamp(r.LastActivityAt),
+		CreatedAt:      timestamp(r.CreatedAt),
 		IpAddress:      r.IPAddress,
 		UserAgent:      r.UserAgent,
 		Email:          r.Email,
@@ -132,4 +132,26 @@ func sessionToProto(r *tiers.Record) *sessiondv1.Session {
 		LastName:       r.LastName,
 		Username:       r.Username,
 	}
+}
+
+// The range a protobuf Timestamp may hold (its JSON form, which grpcurl
+// prints, refuses others).
+var (
+	minTimestamp = time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC)
+	maxTimestamp = time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)
+)
+
+// timestamp is t as a protobuf Timestamp: nil for NULL (the zero time), and
+// times outside 0001-9999 (Postgres's 'infinity', a ban until year 20000)
+// clamped to that range's ends.
+func timestamp(t time.Time) *timestamppb.Timestamp {
+	switch {
+	case t.IsZero():
+		return nil
+	case t.Before(minTimestamp):
+		t = minTimestamp
+	case t.After(maxTimestamp):
+		t = maxTimestamp
+	}
+	return timestamppb.New(t)
 }

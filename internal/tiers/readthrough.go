@@ -133,14 +133,7 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 		rt.c.NegativeHits.Add(1)
 		return Result{Reason: ReasonNotFound, Source: source(l.Local)}, nil
 	case err == nil && l.Record != nil:
-		if l.Local {
-			rt.c.LocalHits.Add(1)
-		} else {
-			rt.c.RedisHits.Add(1)
-		}
-		// The rule runs again on every hit: a cached entry never validates a
-		// session past its expiry or during a ban.
-		return rt.answer(l.Record, source(l.Local)), nil
+		return rt.hit(l), nil
 	case err != nil:
 		if ctx.Err() != nil {
 			return Result{}, ctx.Err()
@@ -153,6 +146,14 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 
 	rec, err := rt.lookup(ctx, token, key, l.Gen, arrived)
 	if err != nil {
+		// The fence may have learned meanwhile, from the listener, that
+		// Postgres refuses connections: nothing can be revoked, and the
+		// cache is believed again (see ListenerPostgresDown).
+		if l.Distrusted && errors.Is(err, ErrUnavailable) && ctx.Err() == nil {
+			if again, gerr := rt.get(ctx, key); gerr == nil && !again.Distrusted && again.Record != nil {
+				return rt.hit(again), nil
+			}
+		}
 		return Result{}, err
 	}
 	rt.c.Misses.Add(1)
@@ -161,6 +162,17 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 		return Result{}, fmt.Errorf("%w: session %s has a NULL expires_at", ErrUnreadable, rec.ID)
 	}
 	return res, nil
+}
+
+// hit answers from a cached entry. The rule runs again on every hit: a
+// cached entry never validates a session past its expiry or during a ban.
+func (rt *ReadThrough) hit(l Lookup) Result {
+	if l.Local {
+		rt.c.LocalHits.Add(1)
+	} else {
+		rt.c.RedisHits.Add(1)
+	}
+	return rt.answer(l.Record, source(l.Local))
 }
 
 func source(local bool) Source {

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/sessiond/sessiond/internal/tiers"
 )
@@ -315,17 +317,16 @@ func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, log *slog.Logger)
 		var rs tiers.RowScan
 		var stored string
 		dest := append([]any{&stored}, rs.Dest()...)
+		types, fields := rows.Conn().TypeMap(), rows.FieldDescriptions()
 		for rows.Next() {
-			if err := rows.Scan(dest...); err != nil {
-				var bad pgx.ScanArgError
-				if !errors.As(err, &bad) || bad.ColumnIndex == 0 {
-					return fmt.Errorf("%w: read session row: %w", ErrPostgres, err)
-				}
-				// One row an application wrote in a way sessiond cannot
-				// read must not fail every warm (and hold health at
-				// NOT_SERVING): skip it, say which.
+			// Column by column from the raw values, not rows.Scan: a failed
+			// Scan closes the rows, and one row an application wrote in a
+			// way sessiond cannot read must not fail every warm (and hold
+			// health at NOT_SERVING). It is skipped, and said which.
+			raw := rows.RawValues()
+			if col, err := scanRaw(types, fields, raw, dest); err != nil {
 				r.unreadable()
-				log.Warn("[CacheWarming] session row skipped: sessiond cannot read it", "session_id", rowID(rows), "column", bad.FieldName, "error", bad.Err)
+				log.Warn("[CacheWarming] session row skipped: sessiond cannot read it", "session_id", string(raw[1]), "column", col, "error", err)
 				continue
 			}
 			batch = append(batch, tiers.Entry{Key: tiers.RowKey(stored, cfg.Storage), Record: rs.Record()})
@@ -413,12 +414,15 @@ func (w *Warmer) write(ctx context.Context, r *Run, cfg Config, st tiers.Stamp, 
 	return nil
 }
 
-// rowID is the session id (the second column) of the current row, as text.
-func rowID(rows pgx.Rows) string {
-	if raw := rows.RawValues(); len(raw) > 1 {
-		return string(raw[1])
+// scanRaw scans one row's raw values into dest, column by column, and
+// names the column that failed.
+func scanRaw(types *pgtype.Map, fields []pgconn.FieldDescription, raw [][]byte, dest []any) (string, error) {
+	for i := range dest {
+		if err := types.Scan(fields[i].DataTypeOID, fields[i].Format, raw[i], dest[i]); err != nil {
+			return fields[i].Name, err
+		}
 	}
-	return ""
+	return "", nil
 }
 
 func percent(n, total int) int {
