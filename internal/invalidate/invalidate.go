@@ -200,43 +200,103 @@ func (v *Invalidator) noteOldFormat() {
 	}
 }
 
-// Handle applies payloads received together, in order: one Redis call for
-// all their invalidations. It returns the latest heartbeat time among them
-// that it may vouch for (0 when none): everything before it was applied.
-func (v *Invalidator) Handle(ctx context.Context, payloads []string) (vouch int64, err error) {
-	var b tiers.Batch
+// work is what the handler has received and not yet applied.
+type work struct {
+	revocations tiers.Batch // users and keys: applied first, all at once
+	newKeys     []string    // new tokens' negative entries: applied in chunks, after revocations
+	vouch       int64       // a heartbeat time to vouch for once everything before it is applied
+}
+
+func (w *work) empty() bool { return w.revocations.Len() == 0 && len(w.newKeys) == 0 }
+
+// newKeyChunk bounds the new-token drops applied between two looks at the
+// queue: a login burst of thousands of sessions must not hold a ban behind
+// it (a drop of a negative entry can wait; a revocation cannot).
+const newKeyChunk = 250
+
+// take parses payloads received together into w, in order. A change that
+// names nothing precisely (a TRUNCATE, or a first-version notification that
+// would need a Postgres query) is a loss at once: nothing cached is believed
+// until a bump.
+func (v *Invalidator) take(payloads []string, w *work) {
 	resync := false
 	for _, p := range payloads {
 		if h := parseHeartbeat(p); h.isHB {
 			// Our own heartbeats, and a joining instance's: a joiner needs
 			// the shared coverage to pass its LISTEN at once.
 			if h.valid && (h.from == v.id || h.join != 0) {
-				vouch = max(vouch, h.at)
+				w.vouch = max(w.vouch, h.at)
 			}
 			continue
 		}
 		v.notifications.Add(1)
-		r, perr := v.parse(p, &b)
-		if perr != nil {
-			v.log.Warn("notification ignored", "error", perr)
+		var b tiers.Batch
+		r, err := v.parse(p, &b)
+		if err != nil {
+			v.log.Warn("notification ignored", "error", err)
 			continue
 		}
 		resync = resync || r
+		w.revocations.Users = append(w.revocations.Users, b.Users...)
+		w.revocations.Keys = append(w.revocations.Keys, b.Keys...)
+		w.newKeys = append(w.newKeys, b.NewKeys...)
 	}
 	if resync {
 		v.fence.NoteLoss()
 		v.log.Info("a change names no entries (a TRUNCATE, or a trigger of an earlier version): resyncing")
 	}
-	if b.Len() > 0 {
+}
+
+// step applies every pending revocation, then one chunk of new-token drops,
+// and vouches for the heartbeat once nothing received before it is pending.
+// A failed apply is a loss (the fence distrusts until a bump).
+func (v *Invalidator) step(ctx context.Context, w *work) error {
+	var err error
+	if w.revocations.Len() > 0 {
 		v.batches.Add(1)
-		if _, err := v.fence.Apply(ctx, b); err != nil {
-			if ctx.Err() == nil {
-				v.log.Warn("invalidations not applied; nothing cached is believed until the generation is bumped", "invalidations", b.Len(), "error", err)
-			}
-			return 0, err
+		_, err = v.fence.Apply(ctx, w.revocations)
+		w.revocations = tiers.Batch{}
+	}
+	if err == nil && len(w.newKeys) > 0 {
+		n := min(len(w.newKeys), newKeyChunk)
+		_, err = v.fence.Apply(ctx, tiers.Batch{NewKeys: w.newKeys[:n]})
+		w.newKeys = w.newKeys[n:]
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			v.log.Warn("invalidations not applied; nothing cached is believed until the generation is bumped", "error", err)
+		}
+		w.newKeys = nil // the bump that clears the loss supersedes them
+		return err
+	}
+	if w.empty() && w.vouch > 0 {
+		ok, err := v.fence.AdvanceCoverage(ctx, w.vouch)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			v.log.Debug("coverage not advanced", "error", err)
+		case ok:
+			v.lastVouched.Store(w.vouch)
+		}
+		w.vouch = 0
+	}
+	return nil
+}
+
+// Handle applies payloads received together, in order, and reports the
+// first error: what the handler loop does, at once.
+func (v *Invalidator) Handle(ctx context.Context, payloads []string) error {
+	var w work
+	v.take(payloads, &w)
+	var first error
+	for !w.empty() || w.vouch > 0 {
+		if err := v.step(ctx, &w); err != nil && first == nil {
+			first = err
+		}
+		if first != nil {
+			break
 		}
 	}
-	return vouch, nil
+	return first
 }
 
 // enqueue is the LISTEN connection's notification callback: it only queues,
@@ -258,32 +318,27 @@ func (v *Invalidator) enqueue(_ *pgconn.PgConn, n *pgconn.Notification) {
 	}
 }
 
-// handleLoop applies queued notifications, all that arrived together at
-// once, until ctx ends; then it vouches for the heartbeats among them.
+// handleLoop applies what arrives until ctx ends: all that arrived together
+// at once, revocations before new-token drops, looking at the queue again
+// between chunks of those.
 func (v *Invalidator) handleLoop(ctx context.Context) {
+	var w work
 	for {
-		select {
-		case <-ctx.Done():
+		if w.empty() && w.vouch == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-v.arrived:
+			}
+		} else if ctx.Err() != nil {
 			return
-		case <-v.arrived:
 		}
 		v.mu.Lock()
-		batch := v.queue
+		payloads := v.queue
 		v.queue = nil
 		v.mu.Unlock()
-		if len(batch) == 0 {
-			continue
-		}
-		vouch, err := v.Handle(ctx, batch)
-		if err == nil && vouch > 0 {
-			ok, err := v.fence.AdvanceCoverage(ctx, vouch)
-			switch {
-			case err != nil && ctx.Err() == nil:
-				v.log.Debug("coverage not advanced", "error", err)
-			case ok:
-				v.lastVouched.Store(vouch)
-			}
-		}
+		v.take(payloads, &w)
+		_ = v.step(ctx, &w)
 	}
 }
 

@@ -72,6 +72,8 @@ func (f *fakeFence) SetListener(s tiers.ListenerState) {
 	}
 }
 
+func (f *fakeFence) setState(s tiers.ListenerState) { f.SetListener(s) }
+
 func (f *fakeFence) state() tiers.ListenerState {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -151,22 +153,24 @@ func TestHandle(t *testing.T) {
 			f := newFakeFence(&sharedRedis{})
 			v := New(f, Options{}, discard)
 			v.id = "me"
-			vouch, err := v.Handle(t.Context(), tt.payloads)
-			if err != nil {
+			f.setState(tiers.ListenerCovering)
+			if err := v.Handle(t.Context(), tt.payloads); err != nil {
 				t.Fatal(err)
 			}
-			var got tiers.Batch
-			if len(f.batches) > 0 {
-				got = f.batches[0]
+			var got tiers.Batch // revocations in one batch, then new keys
+			for _, b := range f.batches {
+				got.Users = append(got.Users, b.Users...)
+				got.Keys = append(got.Keys, b.Keys...)
+				got.NewKeys = append(got.NewKeys, b.NewKeys...)
 			}
-			if !slices.Equal(got.Users, tt.want.Users) || !slices.Equal(got.Keys, tt.want.Keys) || !slices.Equal(got.NewKeys, tt.want.NewKeys) || len(f.batches) > 1 {
-				t.Errorf("applied %+v (%d batches), want %+v in one", got, len(f.batches), tt.want)
+			if !slices.Equal(got.Users, tt.want.Users) || !slices.Equal(got.Keys, tt.want.Keys) || !slices.Equal(got.NewKeys, tt.want.NewKeys) {
+				t.Errorf("applied %+v, want %+v", got, tt.want)
 			}
 			if _, losses := f.counts(); losses != tt.losses {
 				t.Errorf("%d losses, want %d", losses, tt.losses)
 			}
-			if vouch != tt.vouch {
-				t.Errorf("vouched for %d, want %d", vouch, tt.vouch)
+			if c, _ := f.Coverage(t.Context()); c != tt.vouch {
+				t.Errorf("vouched for %d, want %d", c, tt.vouch)
 			}
 		})
 	}
@@ -176,8 +180,33 @@ func TestHandle(t *testing.T) {
 		f.failing = true
 		v := New(f, Options{}, discard)
 		v.id = "me"
-		if vouch, err := v.Handle(t.Context(), []string{"u:" + u1, "h:me:500"}); err == nil || vouch != 0 {
-			t.Errorf("vouch %d, err %v; want 0 and an error", vouch, err)
+		f.setState(tiers.ListenerCovering)
+		if err := v.Handle(t.Context(), []string{"u:" + u1, "h:me:500"}); err == nil {
+			t.Error("a failed apply reported no error")
+		}
+		if c, _ := f.Coverage(t.Context()); c != 0 {
+			t.Errorf("vouched for %d after a failed apply, want nothing", c)
+		}
+	})
+
+	t.Run("revocations go before the new tokens of a burst", func(t *testing.T) {
+		f := newFakeFence(&sharedRedis{})
+		v := New(f, Options{}, discard)
+		var burst []string
+		for i := range 2 * newKeyChunk {
+			burst = append(burst, fmt.Sprintf("%064x", i))
+		}
+		var w work
+		v.take([]string{"i:" + strings.Join(burst[:newKeyChunk], ","), "i:" + strings.Join(burst[newKeyChunk:], ",")}, &w)
+		if err := v.step(t.Context(), &w); err != nil { // one chunk of the burst
+			t.Fatal(err)
+		}
+		v.take([]string{"u:" + u1}, &w) // a ban arrives meanwhile
+		if err := v.step(t.Context(), &w); err != nil {
+			t.Fatal(err)
+		}
+		if len(f.batches) != 3 || !slices.Equal(f.batches[1].Users, []string{u1}) {
+			t.Errorf("batches %d, second %+v: want the ban applied before the rest of the burst", len(f.batches), f.batches[1])
 		}
 	})
 }

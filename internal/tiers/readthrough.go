@@ -8,7 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
 )
 
 // l1 is what the read-through needs of the cache tier.
@@ -162,6 +161,26 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 		return Result{}, fmt.Errorf("%w: session %s has a NULL expires_at", ErrUnreadable, rec.ID)
 	}
 	return res, nil
+}
+
+// Peek is what the cache alone would answer for token, as Validate would
+// (fence, rule and all), without asking Postgres, counting, or recording
+// activity: ok is false when the cache has no answer it may give. For tools
+// and benchmarks that watch the cache itself.
+func (rt *ReadThrough) Peek(ctx context.Context, token string) (res Result, ok bool, err error) {
+	if err := CheckToken(token); err != nil {
+		return Result{}, false, err
+	}
+	l, err := rt.get(ctx, TokenKey(token))
+	switch {
+	case err != nil:
+		return Result{}, false, err
+	case l.Negative:
+		return Result{Reason: ReasonNotFound, Source: source(l.Local)}, true, nil
+	case l.Record != nil:
+		return Result{Record: l.Record, Reason: Check(l.Record, rt.opts.Now()), Source: source(l.Local)}, true, nil
+	}
+	return Result{}, false, nil
 }
 
 // hit answers from a cached entry. The rule runs again on every hit: a
