@@ -30,6 +30,7 @@ import (
 
 	"github.com/sessiond/sessiond/internal/config"
 	"github.com/sessiond/sessiond/internal/devstack"
+	"github.com/sessiond/sessiond/internal/redact"
 	"github.com/sessiond/sessiond/internal/schema"
 	"github.com/sessiond/sessiond/internal/seed"
 	"github.com/sessiond/sessiond/internal/server"
@@ -78,7 +79,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if cfg.DatabaseURL, err = pg.CreateDatabase(ctx, "sessiond"); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "  postgres: %s (data in %s)\n", cfg.DatabaseURL, pg.Dir())
+		fmt.Fprintf(stdout, "  postgres: %s (data in %s)\n", redact.URL("DATABASE_URL", cfg.DatabaseURL), pg.Dir())
 		started = true
 	}
 	if cfg.RedisURL == "" {
@@ -89,12 +90,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		cleanups = append(cleanups, func() { _ = rs.Stop() })
 		cfg.RedisURL = rs.URL()
-		fmt.Fprintf(stdout, "  redis:    %s\n", cfg.RedisURL)
+		fmt.Fprintf(stdout, "  redis:    %s\n", redact.URL("REDIS_URL", cfg.RedisURL))
 	}
 
+	if err := cfg.Validate(); err != nil { // before the URLs are used: their errors never show a password
+		return err
+	}
 	tokens, err := prepareData(ctx, cfg.DatabaseURL, started, stdout)
 	if err != nil {
-		return err
+		return redact.New(cfg.DatabaseURL).Error(err)
 	}
 
 	srv, err := server.New(ctx, cfg, log)

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/sessiond/sessiond/internal/config"
+	"github.com/sessiond/sessiond/internal/redact"
 	"github.com/sessiond/sessiond/internal/schema"
 	"github.com/sessiond/sessiond/internal/server"
 )
@@ -158,9 +159,13 @@ func migrate(ctx context.Context, args []string, env Env) error {
 	if cfg.DatabaseURL == "" {
 		return usageError{errors.New("invalid --database-url ($DATABASE_URL): required")}
 	}
+	if err := redact.Check("the value", cfg.DatabaseURL); err != nil {
+		return usageError{fmt.Errorf("invalid --database-url ($DATABASE_URL): %w", err)}
+	}
+	secrets := redact.New(cfg.DatabaseURL)
 	conn, err := pgx.Connect(ctx, cfg.DatabaseURL)
 	if err != nil {
-		return fmt.Errorf("connect to postgres: %w", err)
+		return fmt.Errorf("connect to postgres: %w", secrets.Error(err))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	var opts []schema.Option
@@ -168,7 +173,7 @@ func migrate(ctx context.Context, args []string, env Env) error {
 		opts = append(opts, schema.WithoutTriggers())
 	}
 	if err := schema.Migrate(ctx, conn, opts...); err != nil {
-		return err
+		return secrets.Error(err)
 	}
 	fmt.Fprintln(env.Stdout, "migrated: schema platform, tables users and user_sessions, indexes idx_user_sessions_activity and idx_user_sessions_token are present")
 	if *triggers {

@@ -176,7 +176,7 @@ type result struct {
 // run runs `sessiond args...` with an empty environment plus env.
 func run(ctx context.Context, env map[string]string, args ...string) result {
 	var stdout, stderr syncBuffer
-	code := cli.Main(ctx, args, cli.Env{Getenv: func(k string) string { return env[k] }, Stdout: &stdout, Stderr: &stderr})
+	code := cliMain(ctx, env, &stdout, &stderr, args...)
 	return result{code, stdout.String(), stderr.String()}
 }
 

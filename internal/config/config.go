@@ -11,7 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sessiond/sessiond/internal/redact"
 	"github.com/sessiond/sessiond/internal/tiers"
+	"github.com/sessiond/sessiond/internal/warm"
 )
 
 // Config is everything `sessiond serve` can be told.
@@ -121,7 +123,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.PoolSize, "pool-size", c.PoolSize, "Postgres connection pool size")
 	fs.BoolVar(&c.WarmOnStart, "warm-on-start", c.WarmOnStart, "warm the cache at start; health is NOT_SERVING until that run ends")
 	fs.IntVar(&c.WarmCount, "warm-count", c.WarmCount, "sessions to warm per run, most recently active first")
-	fs.IntVar(&c.WarmBatchSize, "warm-batch-size", c.WarmBatchSize, "sessions per pipelined Redis batch when warming")
+	fs.IntVar(&c.WarmBatchSize, "warm-batch-size", c.WarmBatchSize, fmt.Sprintf("sessions per pipelined Redis batch when warming (at most %d)", warm.MaxBatchSize))
 	fs.DurationVar(&c.WarmBatchDelay, "warm-batch-delay", c.WarmBatchDelay, "pause between warming batches (0 for none)")
 	fs.DurationVar(&c.WarmWindow, "warm-window", c.WarmWindow, "warm sessions active within this window")
 	fs.DurationVar(&c.WarmTimeout, "warm-timeout", c.WarmTimeout, "bound on one warming run")
@@ -174,7 +176,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DatabaseURL == "" {
 		bad("database-url", "required (a postgres:// URL)")
-	} else if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+	} else if err := redact.Check("the value", c.DatabaseURL); err != nil {
+		bad("database-url", "%v", err) // never the value: it holds a password
+	} else if u, _ := url.Parse(c.DatabaseURL); u.Scheme != "postgres" && u.Scheme != "postgresql" {
 		bad("database-url", "want a postgres:// or postgresql:// URL")
 	}
 	if c.RedisURL == "" {
@@ -220,6 +224,9 @@ func (c *Config) Validate() error {
 		if p.n <= 0 {
 			bad(p.name, "%d: must be positive", p.n)
 		}
+	}
+	if c.WarmBatchSize > warm.MaxBatchSize {
+		bad("warm-batch-size", "%d: at most %d (one batch is one Redis call)", c.WarmBatchSize, warm.MaxBatchSize)
 	}
 	if c.RewarmThreshold < 0 || c.RewarmThreshold > 100 {
 		bad("rewarm-threshold", "%g: want a percentage, 0 to 100", c.RewarmThreshold)

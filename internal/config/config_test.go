@@ -63,6 +63,9 @@ func TestParse(t *testing.T) {
 		{"zero pool", []string{"--pool-size=0"}, base, nil, "--pool-size"},
 		{"threshold over 100", []string{"--rewarm-threshold=120"}, base, nil, "--rewarm-threshold"},
 		{"bad log format", []string{"--log-format=xml"}, base, nil, "--log-format"},
+		{"batch size at the cap", []string{"--warm-batch-size=5000"}, base, func(c Config) bool { return c.WarmBatchSize == 5000 }, ""},
+		{"batch size over the cap", []string{"--warm-batch-size=5001"}, base, nil, "--warm-batch-size"},
+		{"batch size cap named", nil, with("SESSIOND_WARM_BATCH_SIZE", "100000"), nil, "at most 5000"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -78,6 +81,31 @@ func TestParse(t *testing.T) {
 			}
 			if !tt.check(c) {
 				t.Errorf("unexpected config %+v", c)
+			}
+		})
+	}
+}
+
+// A URL that does not parse is refused without being shown: its password
+// must not reach the error.
+func TestBadURLsKeepTheirSecret(t *testing.T) {
+	const secret = "PLANTED-SECRET-8f3a"
+	for _, tt := range []struct{ name, db, redis, wantErr string }{
+		{"redis: bad port", "postgres://db/x", "redis://u:" + secret + "@r:bad/0", "--redis-url"},
+		{"redis: bad escape", "postgres://db/x", "redis://:" + secret + "%zz@r/0", "--redis-url"},
+		{"redis: unescaped slash in the password", "postgres://db/x", "redis://u:12/" + secret + "@r/0", "--redis-url"},
+		{"redis: bad database", "postgres://db/x", "redis://u:" + secret + "@r:6379/zz", "--redis-url"},
+		{"postgres: bad port", "postgres://u:" + secret + "@db:bad/x", "redis://r", "--database-url"},
+		{"postgres: unescaped slash in the password", "postgres://u:12/" + secret + "@db/x", "redis://r", "--database-url"},
+		{"postgres: bad escape", "postgres://u:" + secret + "%zz@db/x", "redis://r", "--database-url"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parse(t, nil, map[string]string{"DATABASE_URL": tt.db, "REDIS_URL": tt.redis})
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want one naming %s", err, tt.wantErr)
+			}
+			if strings.Contains(err.Error(), secret) || strings.Contains(err.Error(), "PLANTED") {
+				t.Errorf("the password is in the error: %v", err)
 			}
 		})
 	}

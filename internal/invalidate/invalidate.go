@@ -359,6 +359,7 @@ func (v *Invalidator) Run(ctx context.Context, listen bool) error {
 
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval, b.MaxInterval = 100*time.Millisecond, 5*time.Second
+	down := false
 	for ctx.Err() == nil {
 		lived, err := v.listen(ctx)
 		if ctx.Err() != nil {
@@ -372,12 +373,16 @@ func (v *Invalidator) Run(ctx context.Context, listen bool) error {
 			// cached stays true. Look often, since a Postgres that is back
 			// accepts revocations before we hear them.
 			v.fence.SetListener(tiers.ListenerPostgresDown)
-			v.log.Debug("postgres refuses connections; answering from the cache", "error", err)
+			if !down {
+				v.log.Warn(MsgPostgresDown, "error", err)
+			}
+			down = true
 			if !sleep(ctx, pgDownRetry) {
 				return nil
 			}
 			continue
 		}
+		down = false
 		v.fence.SetListener(tiers.ListenerLost)
 		// At once after a connection that lived (Postgres may be down,
 		// which the next attempt tells); with backoff after one that did
@@ -386,13 +391,19 @@ func (v *Invalidator) Run(ctx context.Context, listen bool) error {
 		if !lived {
 			d = b.NextBackOff()
 		}
-		v.log.Warn("invalidation listener lost; answering from postgres until it hears again", "error", err, "retry_in", d.String())
+		v.log.Warn(MsgListenerLost, "error", err, "retry_in", d.String())
 		if !sleep(ctx, d) {
 			return nil
 		}
 	}
 	return nil
 }
+
+// Log messages an operator (or a test) looks for.
+const (
+	MsgListenerLost = "invalidation listener lost; answering from postgres until it hears again"
+	MsgPostgresDown = "postgres refuses connections; answering from the cache until it accepts them (nothing can be revoked meanwhile)"
+)
 
 // pgDownRetry is how often the listener tries again while Postgres refuses
 // connections. While it does, cached answers are given; this bounds how long

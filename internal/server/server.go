@@ -68,10 +68,8 @@ type Server struct {
 	background     sync.WaitGroup
 }
 
-// New builds a server from cfg. Neither Postgres nor Redis needs to be up:
-// the pool connects on demand, and Redis is retried in the background (see
-// tiers.ConnectRedis). ctx bounds the background work started here.
-func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, error) {
+// build is New, with a log that already masks the URLs' secrets.
+func build(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

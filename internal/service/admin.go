@@ -56,14 +56,14 @@ func (s *Service) WarmCache(req *sessiondv1.WarmCacheRequest, stream grpc.Server
 	if req.GetCount() < 0 || req.GetCount() > maxWarmCount {
 		return status.Errorf(codes.InvalidArgument, "count %d: want 0 (the server's default) to %d", req.GetCount(), maxWarmCount)
 	}
-	if req.GetBatchSize() < 0 || req.GetBatchSize() > 100_000 {
-		return status.Errorf(codes.InvalidArgument, "batch_size %d: want 0 (the server's default) to 100000", req.GetBatchSize())
+	if req.GetBatchSize() < 0 || req.GetBatchSize() > warm.MaxBatchSize {
+		return status.Errorf(codes.InvalidArgument, "batch_size %d: want 0 (the server's default) to %d (one batch is one Redis call)", req.GetBatchSize(), warm.MaxBatchSize)
 	}
 	if req.GetEstimateOnly() {
 		start := time.Now()
 		n, err := s.w.Estimate(ctx, int(req.GetCount()))
 		if err != nil {
-			return toStatus(ctx, s.log, "WarmCache", err)
+			return toStatus(ctx, s.errs, "WarmCache", err)
 		}
 		return stream.Send(&sessiondv1.WarmCacheProgress{
 			Total: int32(n), Done: true, Outcome: sessiondv1.WarmOutcome_WARM_OUTCOME_COMPLETED,
@@ -91,7 +91,7 @@ func (s *Service) WarmCache(req *sessiondv1.WarmCacheRequest, stream grpc.Server
 				return err
 			}
 		case <-ctx.Done():
-			return toStatus(ctx, s.log, "WarmCache", ctx.Err())
+			return toStatus(ctx, s.errs, "WarmCache", ctx.Err())
 		}
 	}
 }
@@ -122,7 +122,7 @@ func (s *Service) GetStats(ctx context.Context, _ *sessiondv1.GetStatsRequest) (
 	if p, ok := s.w.Last(); ok {
 		run := &sessiondv1.WarmingRun{
 			StartedAt: timestamppb.New(p.StartedAt), Total: int32(p.Total), Warmed: int32(p.Warmed),
-			Failed: int32(p.Failed), Outcome: outcomeToProto(p.Outcome), Error: errText(p.Err),
+			Failed: int32(p.Failed), Outcome: outcomeToProto(p.Outcome), Error: runError(p),
 			Skipped: int32(p.Skipped),
 		}
 		if p.Done {
@@ -137,7 +137,7 @@ func progressToProto(p warm.Progress) *sessiondv1.WarmCacheProgress {
 	return &sessiondv1.WarmCacheProgress{
 		Total: int32(p.Total), Warmed: int32(p.Warmed), Failed: int32(p.Failed), Done: p.Done,
 		EstimatedHitRate: p.EstimatedHitRate(), Elapsed: durationpb.New(p.Elapsed),
-		Outcome: outcomeToProto(p.Outcome), Error: errText(p.Err), Batches: int32(p.Batches), RunId: p.RunID,
+		Outcome: outcomeToProto(p.Outcome), Error: runError(p), Batches: int32(p.Batches), RunId: p.RunID,
 		Skipped: int32(p.Skipped),
 	}
 }
@@ -154,13 +154,6 @@ func outcomeToProto(o warm.Outcome) sessiondv1.WarmOutcome {
 		return sessiondv1.WarmOutcome_WARM_OUTCOME_FAILED
 	}
 	return sessiondv1.WarmOutcome_WARM_OUTCOME_UNSPECIFIED
-}
-
-func errText(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
 }
 
 // invalidator is what InvalidateSessions needs.
@@ -199,14 +192,16 @@ func (s *Service) InvalidateSessions(ctx context.Context, req *sessiondv1.Invali
 	for _, tok := range req.GetTokens() {
 		k, err := s.inv.Token(ctx, tok)
 		if err != nil {
-			return nil, status.Error(codes.Unavailable, "redis unreachable; the cache is not believed until it is back (retry the call)")
+			s.errs.warn(ctx, "InvalidateSessions", err)
+			return nil, status.Error(codes.Unavailable, msgRedisUnavailable)
 		}
 		n += k
 	}
 	if uid := req.GetUserId(); uid != "" {
 		k, err := s.inv.User(ctx, strings.ToLower(uid))
 		if err != nil {
-			return nil, status.Error(codes.Unavailable, "redis unreachable; the cache is not believed until it is back (retry the call)")
+			s.errs.warn(ctx, "InvalidateSessions", err)
+			return nil, status.Error(codes.Unavailable, msgRedisUnavailable)
 		}
 		n += k
 	}

@@ -28,12 +28,13 @@ type Service struct {
 	inv   invalidator
 	stats func() Stats
 	log   *slog.Logger
+	errs  *errorLog
 }
 
 // New returns the service answering ValidateSession from v, warming through
 // w, invalidating through inv, and reporting stats().
 func New(v validator, w warmer, inv invalidator, stats func() Stats, log *slog.Logger) *Service {
-	return &Service{v: v, w: w, inv: inv, stats: stats, log: log}
+	return &Service{v: v, w: w, inv: inv, stats: stats, log: log, errs: newErrorLog(log)}
 }
 
 // ValidateSession answers whether the token names a valid session. See the
@@ -42,7 +43,7 @@ func (s *Service) ValidateSession(ctx context.Context, req *sessiondv1.ValidateS
 	start := time.Now()
 	res, err := s.v.Validate(ctx, req.GetToken())
 	if err != nil {
-		return nil, toStatus(ctx, s.log, "ValidateSession", err)
+		return nil, toStatus(ctx, s.errs, "ValidateSession", err)
 	}
 	resp := Response(res)
 	// One record per validation, with the guide's fields; never the token.

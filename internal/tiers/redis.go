@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/sessiond/sessiond/internal/redact"
 )
 
 // ErrRedisNotConnected is returned while sessiond has not yet managed to make
@@ -80,7 +82,7 @@ type Redis struct {
 func ClientOption(url string, o RedisOptions, f *Fence) (rueidis.ClientOption, error) {
 	opt, err := rueidis.ParseURL(url)
 	if err != nil {
-		return opt, fmt.Errorf("parse redis url: %w", err)
+		return opt, fmt.Errorf("parse redis url: %w", redact.ParseError("the value", url, err)) // url.Parse quotes the whole URL
 	}
 	opt.DisableCache = !o.LocalCache
 	opt.CacheSizeEachConn = o.LocalCacheBytes

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"sync"
 	"time"
 
@@ -30,6 +29,11 @@ var (
 	ErrRedis    = errors.New("redis")
 )
 
+// MaxBatchSize bounds a batch: each batch is one Redis call (a script over
+// about five keys per session), and Redis runs a script alone, so a bigger
+// batch would stall every other client of that Redis.
+const MaxBatchSize = 5000
+
 // Config is a warming run's settings; Request fields override some per run.
 type Config struct {
 	Count      int           // sessions per run, most recently active first
@@ -40,7 +44,9 @@ type Config struct {
 	// WriteTimeout bounds each batch's Redis write, so that a Redis that
 	// stops answering fails the run instead of holding it to Timeout.
 	WriteTimeout time.Duration
-	Storage      tiers.TokenStorage
+	// EstimateTTL is how long an estimate is reused (0: 5 s; see Estimate).
+	EstimateTTL time.Duration
+	Storage     tiers.TokenStorage
 }
 
 // Request is one caller's ask. Zero fields take the Config's values.
@@ -114,6 +120,8 @@ type Warmer struct {
 	mu      sync.Mutex
 	current *Run // the running run, nil when none
 	last    *Run // the latest run, running or not
+
+	est estimates
 }
 
 // New returns a Warmer. Runs are bounded by base (the server's lifetime)
@@ -122,7 +130,10 @@ func New(base context.Context, d db, c cache, cfg Config, log *slog.Logger) *War
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = 5 * time.Second
 	}
-	return &Warmer{db: d, cache: c, cfg: cfg, log: log, base: base}
+	if cfg.EstimateTTL <= 0 {
+		cfg.EstimateTTL = 5 * time.Second
+	}
+	return &Warmer{db: d, cache: c, cfg: cfg, log: log, base: base, est: newEstimates()}
 }
 
 // Config returns the settings.
@@ -196,27 +207,6 @@ const (
 ORDER BY s.last_activity_at DESC
 LIMIT $2`
 )
-
-// Estimate counts the warmable sessions (active within the window, valid),
-// at most count when count > 0, writing nothing: the guide's
-// estimateWarmableSessionCount. With count 0 it is not capped by the
-// configured run size, so that it can be compared with what a run warms
-// ("not enough sessions warmed" in the guide's troubleshooting).
-func (w *Warmer) Estimate(ctx context.Context, count int) (int, error) {
-	if count <= 0 {
-		count = math.MaxInt32
-	}
-	tx, err := w.db.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return 0, fmt.Errorf("%w: %w", ErrPostgres, err)
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
-	var n int
-	if err := tx.QueryRow(ctx, countSQL, w.cfg.Window.Seconds(), count).Scan(&n); err != nil {
-		return 0, fmt.Errorf("%w: count warmable sessions: %w", ErrPostgres, err)
-	}
-	return n, nil
-}
 
 // run does one warming run and publishes its progress.
 func (w *Warmer) run(ctx context.Context, r *Run, cfg Config) {

@@ -449,9 +449,12 @@ type WarmCacheRequest struct {
 	Count int32 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
 	// Only count the warmable sessions (at most count when count > 0, else
 	// all in the window): one message with total and done=true, nothing
-	// written.
+	// written. Estimates are shared: concurrent calls for the same count wait
+	// for one query, an answer is reused for 5 s, and one estimate query runs
+	// at a time.
 	EstimateOnly bool `protobuf:"varint,2,opt,name=estimate_only,json=estimateOnly,proto3" json:"estimate_only,omitempty"`
-	// Sessions per pipelined batch; 0 means the server's default.
+	// Sessions per pipelined batch, at most 5000 (a batch is one Redis call);
+	// 0 means the server's default.
 	BatchSize int32 `protobuf:"varint,3,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
 	// Pause between batches; unset means the server's default, zero means none.
 	BatchDelay    *durationpb.Duration `protobuf:"bytes,4,opt,name=batch_delay,json=batchDelay,proto3" json:"batch_delay,omitempty"`
@@ -529,7 +532,9 @@ type WarmCacheProgress struct {
 	Elapsed          *durationpb.Duration `protobuf:"bytes,6,opt,name=elapsed,proto3" json:"elapsed,omitempty"`
 	// Set on the last message.
 	Outcome WarmOutcome `protobuf:"varint,7,opt,name=outcome,proto3,enum=sessiond.v1.WarmOutcome" json:"outcome,omitempty"`
-	// Why the run failed, when it did.
+	// Why the run did not complete, in fixed words: "postgres unavailable",
+	// "postgres query failed", "redis unavailable", "timed out", "canceled" or
+	// "internal error". The server log has the detail.
 	Error string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
 	// Batches written so far.
 	Batches int32 `protobuf:"varint,9,opt,name=batches,proto3" json:"batches,omitempty"`
@@ -983,13 +988,14 @@ type WarmingRun struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	StartedAt *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	// Unset while the run goes on.
-	FinishedAt    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
-	Total         int32                  `protobuf:"varint,3,opt,name=total,proto3" json:"total,omitempty"`
-	Warmed        int32                  `protobuf:"varint,4,opt,name=warmed,proto3" json:"warmed,omitempty"`
-	Failed        int32                  `protobuf:"varint,5,opt,name=failed,proto3" json:"failed,omitempty"`
-	Outcome       WarmOutcome            `protobuf:"varint,6,opt,name=outcome,proto3,enum=sessiond.v1.WarmOutcome" json:"outcome,omitempty"`
-	Error         string                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
-	Skipped       int32                  `protobuf:"varint,8,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	FinishedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	Total      int32                  `protobuf:"varint,3,opt,name=total,proto3" json:"total,omitempty"`
+	Warmed     int32                  `protobuf:"varint,4,opt,name=warmed,proto3" json:"warmed,omitempty"`
+	Failed     int32                  `protobuf:"varint,5,opt,name=failed,proto3" json:"failed,omitempty"`
+	Outcome    WarmOutcome            `protobuf:"varint,6,opt,name=outcome,proto3,enum=sessiond.v1.WarmOutcome" json:"outcome,omitempty"`
+	// As WarmCacheProgress.error.
+	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	Skipped       int32  `protobuf:"varint,8,opt,name=skipped,proto3" json:"skipped,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1151,7 +1157,7 @@ func (x *GetStatsResponse) GetLastWarming() *WarmingRun {
 
 type InvalidateSessionsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Raw tokens whose cached sessions to drop.
+	// Raw tokens whose cached sessions to drop, at most 1000 per call.
 	Tokens []string `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
 	// A user all of whose cached sessions to drop.
 	UserId        string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`

@@ -34,7 +34,9 @@ const (
 // A token that does not validate is a normal answer (valid=false plus a
 // reason, status OK), never an error. Errors are reserved for requests that
 // cannot be answered: INVALID_ARGUMENT for a malformed token, UNAVAILABLE when
-// the session is not cached and Postgres cannot be reached.
+// the session is not cached and Postgres cannot be reached. Error messages
+// say what failed in fixed words ("session store unavailable: ..."), never a
+// host, user, database or URL; the server logs the detail.
 type SessionServiceClient interface {
 	// ValidateSession answers whether a token names a live session of a user who
 	// is neither deleted nor banned. The answer comes from the first tier that
@@ -121,7 +123,9 @@ func (c *sessionServiceClient) InvalidateSessions(ctx context.Context, in *Inval
 // A token that does not validate is a normal answer (valid=false plus a
 // reason, status OK), never an error. Errors are reserved for requests that
 // cannot be answered: INVALID_ARGUMENT for a malformed token, UNAVAILABLE when
-// the session is not cached and Postgres cannot be reached.
+// the session is not cached and Postgres cannot be reached. Error messages
+// say what failed in fixed words ("session store unavailable: ..."), never a
+// host, user, database or URL; the server logs the detail.
 type SessionServiceServer interface {
 	// ValidateSession answers whether a token names a live session of a user who
 	// is neither deleted nor banned. The answer comes from the first tier that
