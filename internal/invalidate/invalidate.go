@@ -368,7 +368,8 @@ func (v *Invalidator) Run(ctx context.Context, listen bool) error {
 		if lived {
 			b.Reset()
 		}
-		if postgresDown(err) {
+		var refused connectError
+		if errors.As(err, &refused) && postgresDown(refused.err) {
 			// Nothing can be committed, so nothing can be revoked: what is
 			// cached stays true. Look often, since a Postgres that is back
 			// accepts revocations before we hear them.
@@ -454,6 +455,14 @@ func postgresDown(err error) bool {
 	return false
 }
 
+// connectError is a failure to connect and LISTEN, as opposed to a
+// connection lost later: only the former can say that Postgres is down (an
+// established connection ends with 57P01 when its backend is terminated).
+type connectError struct{ err error }
+
+func (e connectError) Error() string { return e.err.Error() }
+func (e connectError) Unwrap() error { return e.err }
+
 var errNotHearing = errors.New("LISTEN connection does not receive notifications (a connection pooler in transaction mode?)")
 
 // listen runs one LISTEN connection: it connects, proves it hears (its own
@@ -487,7 +496,7 @@ func (v *Invalidator) listen(ctx context.Context) (lived bool, err error) {
 		if conn != nil {
 			conn.Close(context.WithoutCancel(ctx))
 		}
-		return false, fmt.Errorf("listen: %w", err)
+		return false, connectError{fmt.Errorf("listen: %w", err)}
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 

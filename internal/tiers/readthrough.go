@@ -14,6 +14,9 @@ import (
 type l1 interface {
 	// Seq counts invalidations handled (see Fence.Seq).
 	Seq() uint64
+	// AwaitTrust waits at most d (and while ctx lasts) for the cache to
+	// be believed, and reports whether it is.
+	AwaitTrust(ctx context.Context, d time.Duration) bool
 	Get(ctx context.Context, key string) (Lookup, error)
 	Set(ctx context.Context, key string, rec *Record, st Stamp) error
 	SetNegative(ctx context.Context, key string, st Stamp) (WriteResult, error)
@@ -61,6 +64,10 @@ type Counters struct {
 	// under way because an invalidation was handled after it began.
 	Rereads atomic.Int64
 }
+
+// trustWait bounds how long a caller whose Postgres read failed waits for
+// the fence to trust the cache (see Validate).
+const trustWait = 250 * time.Millisecond
 
 // ReadThroughOptions configures the read-through.
 type ReadThroughOptions struct {
@@ -145,10 +152,12 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 
 	rec, err := rt.lookup(ctx, token, key, l.Gen, arrived)
 	if err != nil {
-		// The fence may have learned meanwhile, from the listener, that
-		// Postgres refuses connections: nothing can be revoked, and the
-		// cache is believed again (see ListenerPostgresDown).
-		if l.Distrusted && errors.Is(err, ErrUnavailable) && ctx.Err() == nil {
+		// When Postgres fails, the listener usually learns why within
+		// milliseconds: Postgres refuses connections (nothing can be
+		// revoked, so the cache is believed again, see
+		// ListenerPostgresDown), or it hears again. Wait a little for the
+		// fence to trust the cache before failing the caller.
+		if l.Distrusted && errors.Is(err, ErrUnavailable) && rt.l1.AwaitTrust(ctx, trustWait) {
 			if again, gerr := rt.get(ctx, key); gerr == nil && !again.Distrusted && again.Record != nil {
 				return rt.hit(again), nil
 			}

@@ -23,6 +23,8 @@ type fakeCache struct {
 
 func (f *fakeCache) Seq() uint64 { return f.seq.Load() }
 
+func (f *fakeCache) AwaitTrust(context.Context, time.Duration) bool { return true }
+
 func (f *fakeCache) Get(_ context.Context, key string) (Lookup, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -290,6 +290,32 @@ type Stamp struct {
 // Seq is the fence's count of handled invalidations (see Fence.Seq).
 func (r *Redis) Seq() uint64 { return r.fence.Seq() }
 
+// AwaitTrust waits at most d, while ctx lasts, for the fence to trust
+// Redis, and reports whether it does. Trust changes for many reasons
+// (listener, connections, losses); a short poll is simpler than a signal
+// from each, and this runs only on a failing path.
+func (r *Redis) AwaitTrust(ctx context.Context, d time.Duration) bool {
+	if r.fence.Trusted() {
+		return true
+	}
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline.C:
+			return r.fence.Trusted()
+		case <-tick.C:
+			if r.fence.Trusted() {
+				return true
+			}
+		}
+	}
+}
+
 // Get returns what is cached under key, honouring ctx's deadline. Nothing is
 // believed while the fence does not trust Redis (checked before the read,
 // and after it, since the read may have crossed a new connection): that is a
