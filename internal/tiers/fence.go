@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -21,8 +23,8 @@ import (
 //
 //  1. Redis is verified: every Redis connection this process opened, and
 //     every "flush" Redis told it of, has been followed by a check that the
-//     dataset is the one sessiond last verified (the Redis process's run_id
-//     recorded in the fence key). A restart, a restore from a snapshot, a
+//     dataset is the one sessiond last verified (the run_id of every master,
+//     recorded in NodesKey). A restart, a restore from a snapshot, a
 //     failover to a replica or a FLUSHALL fails that check, and the check
 //     then bumps the generation: every entry written before is disbelieved,
 //     on every instance.
@@ -43,28 +45,6 @@ import (
 // this instance's local copies of what it just invalidated, until Redis's
 // own invalidation message arrives) and the per-entry generation complete
 // it.
-
-// Keys of the fence in Redis.
-const (
-	// GenKey holds the cache generation. An entry is only believed when its
-	// generation is the current one; bumping it drops every entry at once,
-	// on every instance, without a SCAN.
-	GenKey = "sessiond:gen"
-	// FenceKey is a hash: run = the run_id of the Redis process whose
-	// dataset was last verified.
-	FenceKey = "sessiond:fence"
-	// CoveredKey holds a Postgres time (Unix µs): every invalidation
-	// committed before it has been applied to Redis by some instance (or
-	// superseded by a bump). See AdvanceCoverage.
-	CoveredKey = "sessiond:covered"
-	// UserSetPrefix + user id: the set of entry keys of that user's cached
-	// sessions, so that a user's entries are found without a SCAN.
-	UserSetPrefix = "sessiond:user:"
-	// TombPrefix + "u:"/"k:"/"n:" + user id / token hash / token hash: when
-	// the user or token was last invalidated, or a session was created with
-	// the token (Unix ms of the invalidating instance).
-	TombPrefix = "sessiond:tomb:"
-)
 
 // ListenerState is what this instance knows of the invalidation listener.
 type ListenerState int32
@@ -284,33 +264,51 @@ func (f *Fence) Run(ctx context.Context) {
 	}
 }
 
-// verifyScript checks that Redis still holds the dataset sessiond verified
-// last: the same Redis process (run_id) and a generation no lower than this
-// instance's floor. If not, the dataset may have lost invalidations
-// (restart, restore, failover, flush), so it bumps the generation past both
-// and records the new run_id. It also reports the eviction settings.
+// verifyScript checks that the masters are the ones whose datasets were
+// verified last (each master's run_id, recorded in the nodes hash) and that
+// the generation is no lower than this instance's floor. If not, a dataset
+// may have lost invalidations (restart, restore, failover, flush), so it
+// bumps the generation past both and records the masters it was given.
 //
-// KEYS: generation, fence. ARGV: floor.
-// Returns: generation, bumped (0/1), maxmemory, maxmemory-policy.
-var verifyScript = rueidis.NewLuaScript(`
-local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
-local mem = redis.call('INFO', 'memory')
-local maxmem = string.match(mem, 'maxmemory:(%d+)') or '0'
-local policy = string.match(mem, 'maxmemory_policy:([%w-]+)') or ''
+// KEYS: generation, nodes. ARGV: floor, then per master: address, run_id.
+// Returns: generation, bumped (0/1).
+var verifyScript = newScript(`
 local g = tonumber(redis.call('GET', KEYS[1]) or '0')
 local floor = tonumber(ARGV[1])
-local bumped = 0
-if run == '' or redis.call('HGET', KEYS[2], 'run') ~= run or g < floor then
-  g = math.max(g, floor) + 1
-  redis.call('SET', KEYS[1], g)
-  redis.call('HSET', KEYS[2], 'run', run)
-  bumped = 1
+local same = g >= floor
+for i = 2, #ARGV, 2 do
+  if ARGV[i + 1] == '' or redis.call('HGET', KEYS[2], ARGV[i]) ~= ARGV[i + 1] then same = false end
 end
-return {g, bumped, maxmem, policy}`)
+if same then return {g, 0} end
+g = math.max(g, floor) + 1
+redis.call('SET', KEYS[1], g)
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+return {g, 1}`)
 
-// Verify checks the dataset (see verifyScript) and, when it passes or once
+// master is what Verify learns of one node from INFO.
+type master struct {
+	addr, runID, maxmemory, policy string
+	isMaster                       bool
+}
+
+func infoField(info, field string) string {
+	i := strings.Index(info, "\r\n"+field+":")
+	if i < 0 {
+		if !strings.HasPrefix(info, field+":") {
+			return ""
+		}
+		i = -2
+	}
+	v := info[i+2+len(field)+1:]
+	if j := strings.IndexAny(v, "\r\n"); j >= 0 {
+		v = v[:j]
+	}
+	return v
+}
+
+// Verify checks the datasets (see verifyScript) and, when they pass or once
 // the bump it made lands, believes every connection opened before the check
-// began.
+// began. Every master is asked (one, on a Redis that is not a cluster).
 func (f *Fence) Verify(ctx context.Context) error {
 	upTo := f.conn.n.Load()
 	c, err := f.client()
@@ -319,28 +317,49 @@ func (f *Fence) Verify(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.opts.Timeout)
 	defer cancel()
-	vals, err := verifyScript.Exec(ctx, c, []string{GenKey, FenceKey}, []string{strconv.FormatInt(f.floor.Load(), 10)}).ToArray()
+	var masters []master
+	for addr, n := range c.Nodes() {
+		info, err := n.Do(ctx, n.B().Info().Section("server", "replication", "memory").Build()).ToString()
+		if err != nil {
+			return fmt.Errorf("redis verify: info of %s: %w", addr, err)
+		}
+		m := master{addr: addr, runID: infoField(info, "run_id"), maxmemory: infoField(info, "maxmemory"),
+			policy: infoField(info, "maxmemory_policy"), isMaster: infoField(info, "role") == "master"}
+		if m.isMaster {
+			masters = append(masters, m)
+		}
+	}
+	if len(masters) == 0 {
+		return errors.New("redis verify: no master answered")
+	}
+	args := []string{strconv.FormatInt(f.floor.Load(), 10)}
+	evictable := false
+	for _, m := range masters {
+		args = append(args, m.addr, m.runID)
+		if m.maxmemory != "0" && m.policy != "noeviction" {
+			evictable = true
+			if !f.evictable.Load() {
+				f.log.Error("redis may evict sessiond's bookkeeping (maxmemory set, maxmemory-policy not noeviction): every answer comes from postgres until it is changed",
+					"node", m.addr, "maxmemory", m.maxmemory, "maxmemory_policy", m.policy)
+			}
+		}
+	}
+	vals, err := verifyScript.exec(ctx, c, []string{GenKey, NodesKey}, args).ToArray()
 	if err != nil {
 		return fmt.Errorf("redis verify: %w", err)
 	}
-	if len(vals) != 4 {
+	if len(vals) != 2 {
 		return fmt.Errorf("redis verify: %d values", len(vals))
 	}
 	g, err1 := vals[0].AsInt64()
 	bumped, err2 := vals[1].AsInt64()
-	maxmem, err3 := vals[2].ToString()
-	policy, err4 := vals[3].ToString()
-	if err := errors.Join(err1, err2, err3, err4); err != nil {
+	if err := errors.Join(err1, err2); err != nil {
 		return fmt.Errorf("redis verify: %w", err)
 	}
 	f.verifications.Add(1)
 	f.observe(g)
-	evictable := maxmem != "0" && policy != "noeviction"
-	if evictable && !f.evictable.Load() {
-		f.log.Error("redis may evict sessiond's bookkeeping (maxmemory set, maxmemory-policy not noeviction): every answer comes from postgres until it is changed",
-			"maxmemory", maxmem, "maxmemory_policy", policy)
-	} else if !evictable && f.evictable.Load() {
-		f.log.Info("redis no longer evicts: the cache is believed again", "maxmemory_policy", policy)
+	if !evictable && f.evictable.Load() {
+		f.log.Info("redis no longer evicts: the cache is believed again")
 	}
 	f.evictable.Store(evictable)
 	if bumped == 1 {
@@ -356,7 +375,7 @@ func (f *Fence) Verify(ctx context.Context) error {
 // a Redis that came back empty must not send it backwards.
 //
 // KEYS: generation. ARGV: floor.
-var bumpScript = rueidis.NewLuaScript(`
+var bumpScript = newScript(`
 local g = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(ARGV[1])) + 1
 redis.call('SET', KEYS[1], g)
 return g`)
@@ -371,7 +390,7 @@ func (f *Fence) Resync(ctx context.Context, why string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.opts.Timeout)
 	defer cancel()
-	g, err := bumpScript.Exec(ctx, c, []string{GenKey}, []string{strconv.FormatInt(f.floor.Load(), 10)}).AsInt64()
+	g, err := bumpScript.exec(ctx, c, []string{GenKey}, []string{strconv.FormatInt(f.floor.Load(), 10)}).AsInt64()
 	if err != nil {
 		return fmt.Errorf("redis bump generation: %w", err)
 	}
@@ -397,44 +416,48 @@ type Batch struct {
 // Len is the number of invalidations in b.
 func (b Batch) Len() int { return len(b.Users) + len(b.Keys) + len(b.NewKeys) }
 
-// maxBatch bounds the invalidations of one script call, so that a bulk
-// change does not hold Redis for long.
-const maxBatch = 1000
-
-// dropScript applies a batch: for each user, a tombstone and the deletion of
-// every entry in the user's index; for each key, a tombstone and the entry's
-// deletion; for each new key, a tombstone and the deletion of a negative
-// entry. Returns how many entries were deleted.
+// dropUsersScript, in one user's slot (or several users' on a Redis that is
+// not a cluster): for each user, a tombstone, and the user's index taken
+// and deleted. Returns the entry keys of every index.
 //
-// KEYS: per user (index, tombstone), per key (entry, tombstone), per new key
-// (entry, tombstone). ARGV: now (ms), tombstone TTL (ms), users, keys, new.
-var dropScript = rueidis.NewLuaScript(`
-local now, ttl = ARGV[1], ARGV[2]
-local nu, nk, nn = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local n, i = 0, 1
-for _ = 1, nu do
-  redis.call('SET', KEYS[i + 1], now, 'PX', ttl)
-  for _, k in ipairs(redis.call('SMEMBERS', KEYS[i])) do n = n + redis.call('DEL', k) end
+// KEYS: per user (index, tombstone). ARGV: now (ms), tombstone TTL (ms).
+var dropUsersScript = newScript(`
+local out = {}
+for i = 1, #KEYS, 2 do
+  redis.call('SET', KEYS[i + 1], ARGV[1], 'PX', ARGV[2])
+  for _, k in ipairs(redis.call('SMEMBERS', KEYS[i])) do out[#out + 1] = k end
   redis.call('DEL', KEYS[i])
-  i = i + 2
 end
-for _ = 1, nk do
-  redis.call('SET', KEYS[i + 1], now, 'PX', ttl)
-  n = n + redis.call('DEL', KEYS[i])
-  i = i + 2
-end
-for _ = 1, nn do
-  redis.call('SET', KEYS[i + 1], now, 'PX', ttl)
-  if redis.call('HEXISTS', KEYS[i], '` + fMissing + `') == 1 then n = n + redis.call('DEL', KEYS[i]) end
-  i = i + 2
+return out`)
+
+// dropKeysScript, in one entry's slot (or several): for each key, a
+// tombstone, and the entry deleted; for a new key, only a negative entry.
+// Returns how many entries were deleted.
+//
+// KEYS: per key (entry, tombstone). ARGV: now (ms), tombstone TTL (ms), then
+// per key: "1" when only a negative entry goes.
+var dropKeysScript = newScript(`
+local n = 0
+for i = 1, #KEYS, 2 do
+  redis.call('SET', KEYS[i + 1], ARGV[1], 'PX', ARGV[2])
+  local v = redis.call('GET', KEYS[i])
+  if v and (ARGV[2 + (i + 1) / 2] ~= '1' or string.byte(v, 1) == ` + strconv.Itoa(entryVersion<<4|kindNegative) + `) then
+    n = n + redis.call('DEL', KEYS[i])
+  end
 end
 return n`)
 
+// maxCall bounds the keys of one script call, so that a bulk change does not
+// hold Redis for long.
+const maxCall = 1000
+
 // Apply drops what b names from Redis, leaving tombstones that refuse writes
 // of data read before now, and makes this instance distrust its local copies
-// of them for LocalTombstoneTTL. It returns how many entries it deleted. When
-// it fails, the loss is recorded (NoteLoss): nothing cached is believed
-// until a bump.
+// of them for LocalTombstoneTTL. It returns how many entries it deleted. A
+// user's entries are dropped in two steps (see indexScript): the user's
+// tombstone and index first, then each entry with its own tombstone. When
+// it fails, the loss is recorded (NoteLoss): nothing cached is believed until
+// a bump.
 func (f *Fence) Apply(ctx context.Context, b Batch) (int64, error) {
 	if b.Len() == 0 {
 		return 0, nil
@@ -444,10 +467,10 @@ func (f *Fence) Apply(ctx context.Context, b Batch) (int64, error) {
 		f.tombs.mark("u:" + u)
 	}
 	for _, k := range b.Keys {
-		f.tombs.mark("k:" + hashOf(k))
+		f.tombs.mark("k:" + k)
 	}
 	for _, k := range b.NewKeys {
-		f.tombs.mark("n:" + hashOf(k))
+		f.tombs.mark("n:" + k)
 	}
 	n, err := f.apply(ctx, b)
 	if err != nil {
@@ -462,42 +485,109 @@ func (f *Fence) apply(ctx context.Context, b Batch) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
-	ttl := strconv.FormatInt(f.opts.TombstoneTTL.Milliseconds(), 10)
+	ctx, cancel := context.WithTimeout(ctx, f.opts.Timeout)
+	defer cancel()
+	d := f.newDrop(c)
+	members, err := d.users(ctx, b.Users)
+	if err != nil {
+		return 0, err
+	}
+	n, err := d.keys(ctx, append(slices.Clone(b.Keys), members...), b.NewKeys)
+	f.invalidations.Add(n)
+	return n, err
+}
+
+// drop runs the two steps of Apply.
+type drop struct {
+	c        rueidis.Client
+	cluster  bool
+	now, ttl string
+}
+
+func (f *Fence) newDrop(c rueidis.Client) drop {
+	return drop{c: c, cluster: c.Mode() == rueidis.ClientModeCluster,
+		now: strconv.FormatInt(time.Now().UnixMilli(), 10), ttl: strconv.FormatInt(f.opts.TombstoneTTL.Milliseconds(), 10)}
+}
+
+// users sets the users' tombstones and takes their indexes: step 1 of a
+// user-level drop. It returns the entry keys the indexes held.
+func (d drop) users(ctx context.Context, users []string) ([]string, error) {
+	if len(users) == 0 {
+		return nil, nil
+	}
+	g := newGroups(d.cluster, d.now, d.ttl)
+	for _, u := range users {
+		g.add("{"+u+"}", nil, userKey(u), userTombKey(u))
+	}
+	var keys []string
+	for _, r := range dropUsersScript.execMulti(ctx, d.c, g.execs()) {
+		members, err := r.AsStrSlice()
+		if err != nil {
+			return nil, fmt.Errorf("redis invalidate users: %w", err)
+		}
+		keys = append(keys, members...)
+	}
+	return keys, nil
+}
+
+// keys sets the keys' tombstones and deletes their entries (of newKeys,
+// only negative ones): step 2 of a user-level drop, and all of a key-level
+// one. It returns how many entries it deleted.
+func (d drop) keys(ctx context.Context, keys, newKeys []string) (int64, error) {
+	g := newGroups(d.cluster, d.now, d.ttl)
+	for _, k := range keys {
+		g.add(tagOf(k), []string{"0"}, k, tombKey(k))
+	}
+	for _, k := range newKeys {
+		g.add(tagOf(k), []string{"1"}, k, newTombKey(k))
+	}
 	var total int64
-	for b.Len() > 0 {
-		var part Batch
-		room := maxBatch
-		part.Users, b.Users, room = take(b.Users, room)
-		part.Keys, b.Keys, room = take(b.Keys, room)
-		part.NewKeys, b.NewKeys, _ = take(b.NewKeys, room)
-		keys := make([]string, 0, 2*part.Len())
-		for _, u := range part.Users {
-			keys = append(keys, UserSetPrefix+u, TombPrefix+"u:"+u)
-		}
-		for _, k := range part.Keys {
-			keys = append(keys, k, TombPrefix+"k:"+hashOf(k))
-		}
-		for _, k := range part.NewKeys {
-			keys = append(keys, k, TombPrefix+"n:"+hashOf(k))
-		}
-		args := []string{now, ttl, strconv.Itoa(len(part.Users)), strconv.Itoa(len(part.Keys)), strconv.Itoa(len(part.NewKeys))}
-		cctx, cancel := context.WithTimeout(ctx, f.opts.Timeout)
-		n, err := dropScript.Exec(cctx, c, keys, args).AsInt64()
-		cancel()
+	for _, r := range dropKeysScript.execMulti(ctx, d.c, g.execs()) {
+		n, err := r.AsInt64()
 		if err != nil {
 			return total, fmt.Errorf("redis invalidate: %w", err)
 		}
 		total += n
-		f.invalidations.Add(n)
 	}
 	return total, nil
 }
 
-// take splits off at most room items of s.
-func take(s []string, room int) (head, rest []string, left int) {
-	n := min(len(s), room)
-	return s[:n], s[n:], room - n
+// groups gathers script calls by slot (one group on a Redis that is not a
+// cluster), each call at most maxCall keys.
+type groups struct {
+	cluster bool
+	head    []string
+	open    map[string]*rueidis.LuaExec
+	done    []rueidis.LuaExec
+}
+
+func newGroups(cluster bool, head ...string) *groups {
+	return &groups{cluster: cluster, head: head, open: map[string]*rueidis.LuaExec{}}
+}
+
+func (g *groups) add(tag string, args []string, keys ...string) {
+	if !g.cluster {
+		tag = ""
+	}
+	e := g.open[tag]
+	if e == nil {
+		e = &rueidis.LuaExec{Args: slices.Clone(g.head)}
+		g.open[tag] = e
+	}
+	e.Keys = append(e.Keys, keys...)
+	e.Args = append(e.Args, args...)
+	if len(e.Keys) >= maxCall {
+		g.done = append(g.done, *e)
+		delete(g.open, tag)
+	}
+}
+
+func (g *groups) execs() []rueidis.LuaExec {
+	for _, e := range g.open {
+		g.done = append(g.done, *e)
+	}
+	g.open = map[string]*rueidis.LuaExec{}
+	return g.done
 }
 
 // Coverage returns the shared coverage (see CoveredKey): 0 when none.
@@ -518,7 +608,7 @@ func (f *Fence) Coverage(ctx context.Context) (int64, error) {
 // advanceScript raises the shared coverage, never lowers it.
 //
 // KEYS: coverage. ARGV: Postgres time (µs).
-var advanceScript = rueidis.NewLuaScript(`
+var advanceScript = newScript(`
 if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[1]) or '0') then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1`)
 
@@ -544,7 +634,7 @@ func (f *Fence) SetCoverage(ctx context.Context, at int64) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.opts.Timeout)
 	defer cancel()
-	if err := advanceScript.Exec(ctx, c, []string{CoveredKey}, []string{strconv.FormatInt(at, 10)}).Error(); err != nil {
+	if err := advanceScript.exec(ctx, c, []string{CoveredKey}, []string{strconv.FormatInt(at, 10)}).Error(); err != nil {
 		return fmt.Errorf("redis advance coverage: %w", err)
 	}
 	return nil

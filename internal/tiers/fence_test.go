@@ -100,12 +100,12 @@ func TestFenceDetectsRedisDataLoss(t *testing.T) {
 	}
 
 	t.Run("a reconnection to the same dataset is verified without a bump", func(t *testing.T) {
-		cache("session:r1", "u-r1")
+		cache(k("r1"), "u-r1")
 		if err := raw.Do(ctx, raw.B().ClientKill().TypeNormal().SkipmeYes().Build()).Error(); err != nil {
 			t.Fatal(err)
 		}
 		devtest.Eventually(t, 10*time.Second, func() error {
-			if l, err := r.Get(ctx, "session:r1"); err != nil || l.Record == nil {
+			if l, err := r.Get(ctx, k("r1")); err != nil || l.Record == nil {
 				return errors.New("entry not believed again yet")
 			}
 			return nil
@@ -116,7 +116,7 @@ func TestFenceDetectsRedisDataLoss(t *testing.T) {
 	})
 
 	t.Run("restart from a snapshot taken before a drop", func(t *testing.T) {
-		cache("session:s1", "u-s1")
+		cache(k("s1"), "u-s1")
 		if err := raw.Do(ctx, raw.B().Save().Build()).Error(); err != nil {
 			t.Fatal(err)
 		}
@@ -133,17 +133,17 @@ func TestFenceDetectsRedisDataLoss(t *testing.T) {
 		devtest.Eventually(t, 10*time.Second, func() error {
 			return raw.Do(ctx, raw.B().Ping().Build()).Error()
 		})
-		if n, _ := raw.Do(ctx, raw.B().Exists().Key("session:s1").Build()).AsInt64(); n != 1 {
+		if n, _ := raw.Do(ctx, raw.B().Exists().Key(k("s1")).Build()).AsInt64(); n != 1 {
 			t.Fatal("the snapshot did not bring the dropped entry back: the test proves nothing")
 		}
-		neverBelieved(t, r, "session:s1")
+		neverBelieved(t, r, k("s1"))
 		if f.Floor() <= before {
 			t.Errorf("generation %d after the restore, want past %d", f.Floor(), before)
 		}
 	})
 
 	t.Run("empty restart: the generation does not go backwards", func(t *testing.T) {
-		cache("session:e1", "u-e1")
+		cache(k("e1"), "u-e1")
 		before := f.Floor()
 		if err := srv.Kill(); err != nil {
 			t.Fatal(err)
@@ -154,7 +154,7 @@ func TestFenceDetectsRedisDataLoss(t *testing.T) {
 		if err := srv.Restart(ctx); err != nil {
 			t.Fatal(err)
 		}
-		neverBelieved(t, r, "session:e1")
+		neverBelieved(t, r, k("e1"))
 		g, err := raw.Do(ctx, raw.B().Get().Key(GenKey).Build()).AsInt64()
 		if err != nil || g <= before {
 			t.Errorf("generation in redis after an empty restart: %d (%v), want past %d", g, err, before)
@@ -165,7 +165,7 @@ func TestFenceDetectsRedisDataLoss(t *testing.T) {
 		// A flush revokes nothing, so a local copy believed in the moment
 		// before Redis's flush message arrives is still true; what a flush
 		// loses is bookkeeping (indexes, tombstones), so it must bump.
-		cache("session:f1", "u-f1")
+		cache(k("f1"), "u-f1")
 		before := f.Resyncs()
 		if err := raw.Do(ctx, raw.B().Flushall().Build()).Error(); err != nil {
 			t.Fatal(err)
@@ -176,11 +176,11 @@ func TestFenceDetectsRedisDataLoss(t *testing.T) {
 			}
 			return nil
 		})
-		neverBelieved(t, r, "session:f1")
+		neverBelieved(t, r, k("f1"))
 	})
 
 	t.Run("a redis that may evict bookkeeping is not believed", func(t *testing.T) {
-		cache("session:m1", "u-m1")
+		cache(k("m1"), "u-m1")
 		setPolicy := func(maxmemory, policy string) {
 			for _, kv := range [][2]string{{"maxmemory", maxmemory}, {"maxmemory-policy", policy}} {
 				if err := raw.Do(ctx, raw.B().ConfigSet().ParameterValue().ParameterValue(kv[0], kv[1]).Build()).Error(); err != nil {
@@ -195,7 +195,7 @@ func TestFenceDetectsRedisDataLoss(t *testing.T) {
 		if !f.Evictable() || f.Trusted() {
 			t.Errorf("evictable=%v trusted=%v with allkeys-lru, want true/false", f.Evictable(), f.Trusted())
 		}
-		if l, err := r.Get(ctx, "session:m1"); err != nil || l.Found() || !l.Distrusted {
+		if l, err := r.Get(ctx, k("m1")); err != nil || l.Found() || !l.Distrusted {
 			t.Errorf("read under an evicting policy: %+v %v", l, err)
 		}
 		setPolicy("1gb", "noeviction")

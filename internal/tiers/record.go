@@ -9,15 +9,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 )
 
 // MaxTokenLen is the longest token accepted, in bytes.
 const MaxTokenLen = 512
-
-// KeyPrefix starts every Redis key that sessiond writes.
-const KeyPrefix = "session:"
 
 // ErrInvalidToken is returned, wrapped, for a token that cannot be a token:
 // empty, too long, or with bytes outside printable ASCII. Such a token is
@@ -165,18 +161,6 @@ func TokenHash(token string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// Key is the Redis key of the session whose token hashes to hash.
-func Key(hash string) string { return KeyPrefix + hash }
-
-// TokenKey is Key(TokenHash(token)) in one allocation: it is on the hot path.
-func TokenKey(token string) string {
-	sum := sha256.Sum256([]byte(token))
-	var buf [len(KeyPrefix) + 2*sha256.Size]byte
-	copy(buf[:], KeyPrefix)
-	hex.Encode(buf[len(KeyPrefix):], sum[:])
-	return string(buf[:])
-}
-
 // ttlFor is how long a cache entry for r may live when written at now:
 // min(ttl, time left until the session expires). A session that has already
 // expired is cached for expired (the negative TTL) instead, so that a
@@ -189,16 +173,4 @@ func ttlFor(r *Record, now time.Time, ttl, expired time.Duration) time.Duration 
 		return expired
 	}
 	return min(ttl, left)
-}
-
-// RowKey is the Redis key for a session row whose token column holds stored:
-// the same key that Key(TokenHash(raw)) gives for the raw token a client
-// presents, so an entry warmed from the database is found by the next
-// lookup. With hash storage the column already is the hash (lowercased here,
-// as a hex digest may have been written in capitals).
-func RowKey(stored string, storage TokenStorage) string {
-	if storage == TokenStoragePlain {
-		return Key(TokenHash(stored))
-	}
-	return Key(strings.ToLower(stored))
 }

@@ -79,7 +79,8 @@ func TestKeys(t *testing.T) {
 	if got := TokenHash("abc"); got != abc {
 		t.Fatalf("TokenHash(abc) = %s", got)
 	}
-	want := "session:" + abc
+	// The digest in unpadded base64url, in a hash tag.
+	want := "s:{ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0}"
 	for _, tt := range []struct {
 		name string
 		got  string
@@ -92,6 +93,11 @@ func TestKeys(t *testing.T) {
 	} {
 		if tt.got != want {
 			t.Errorf("%s: key %s, want %s", tt.name, tt.got, want)
+		}
+	}
+	for _, bad := range []string{"", "abc", strings.Repeat("z", 64)} {
+		if k := RowKey(bad, TokenStorageHash); k != "" {
+			t.Errorf("RowKey(%q) = %q, want \"\": not a hex digest", bad, k)
 		}
 	}
 }

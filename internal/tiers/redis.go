@@ -6,11 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"math/rand/v2"
 	"net"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -22,28 +20,6 @@ import (
 // ErrRedisNotConnected is returned while sessiond has not yet managed to make
 // its first connection to Redis (it keeps trying in the background).
 var ErrRedisNotConnected = errors.New("redis not connected yet")
-
-// Field names of a cached session, as in the warming guide (less its token
-// field: the key already names the token's hash, and the raw token is never
-// written to Redis), plus deletedAt and bannedUntil so that every cache hit
-// can re-run the validity rule. A NULL column is an absent field. Times are
-// Unix microseconds, Postgres's own resolution, so a cached record compares
-// equal to the row it came from.
-const (
-	fID             = "id"
-	fUserID         = "userId"
-	fExpiresAt      = "expiresAt"
-	fLastActivityAt = "lastActivityAt"
-	fCreatedAt      = "createdAt"
-	fIPAddress      = "ipAddress"
-	fUserAgent      = "userAgent"
-	fEmail          = "email"
-	fFirstName      = "firstName"
-	fLastName       = "lastName"
-	fUsername       = "username"
-	fDeletedAt      = "deletedAt"
-	fBannedUntil    = "bannedUntil"
-)
 
 // RedisOptions configures the L1 tier.
 type RedisOptions struct {
@@ -66,9 +42,10 @@ type RedisOptions struct {
 	Fence FenceOptions
 }
 
-// Redis is the L1 tier: sessions as Redis hashes under Key(hash), read
-// through rueidis's client-side cache, believed only while the fence says
-// so (see Fence).
+// Redis is the L1 tier: sessions as compact binary entries under
+// Key(hash) (see entry.go and keys.go), read through rueidis's client-side
+// cache, believed only while the fence says so (see Fence). It works the
+// same on a single Redis, behind Sentinel, and on a Redis Cluster.
 type Redis struct {
 	client atomic.Pointer[rueidis.Client]
 	opts   RedisOptions
@@ -205,58 +182,65 @@ func (r *Redis) Close() {
 	}
 }
 
-// Entry fields besides the record's.
-const (
-	fGen     = "g"       // the generation an entry was written in
-	fMissing = "missing" // marks a negative entry: no such session
-)
-
-// writeScript writes a batch of entries, each unless the data it was read
-// from may predate an invalidation: the generation moved on since the read,
-// or one of the entry's tombstones is younger than the read (minus a margin
-// for clock skew between instances). Reading, checking and writing in one
-// script leaves no window for an invalidation to slip between them, and one
-// script per batch (not per entry) keeps warming fast. An entry for a
-// session checks the tombstones of its user and its token; a negative entry
-// (no user index) those of its token and of a session newly created with
-// it. A writer that brings a newer generation than Redis holds (Redis was
-// restarted empty) puts it back: generations never go backwards.
-// It returns 1 (written) or 0 (refused) per entry.
+// Cross-slot writes are ordered so that no interleaving with a drop lets a
+// write of data read before an invalidation survive (see SetMany):
 //
-// KEYS: generation, then per entry: entry, user index or "", two
-// tombstones. ARGV: read start (ms), margin (ms), generation, then per
-// entry: expire at (ms), number of field/value strings, fields...
-var writeScript = rueidis.NewLuaScript(`
-local n = (#KEYS - 1) / 4
-local out = {}
-local g, w = tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(ARGV[3])
-if g > w then
-  for i = 1, n do out[i] = 0 end
-  return out
+//  1. indexScript, in the user's slot: unless the user was invalidated
+//     after the read (its tombstone is younger than the read start, less a
+//     margin for clock skew), the entry key joins the user's index; the
+//     index lives as long as its longest entry.
+//  2. entryScript, in the entry's slot: unless the token was invalidated
+//     after the read (and, for a negative entry, unless a session was created
+//     with it since), the entry is written, expiring at an absolute time.
+//
+// A user-level drop sets the user's tombstone and takes the index in one
+// script, then, in each entry's slot, sets the entry's tombstone and deletes
+// it. So a fill whose step 1 comes after the drop's first script is refused
+// there; one whose step 1 came before is in the index the drop took, so its
+// step 2 is refused by the entry's tombstone, or comes before it and is
+// deleted by it.
+//
+// Both scripts carry many entries per call; one entry whose key Redis
+// refuses (a key of another type, say) fails alone (-1), not its batch.
+//
+// indexScript KEYS: per entry (user index, user tombstone). ARGV: limit
+// (ms), then per entry: entry key, expire at (ms). Returns 1 (go on), 0
+// (refused) or -1 (failed) per entry.
+var indexScript = newScript(`
+local limit, out = tonumber(ARGV[1]), {}
+for i = 1, #KEYS / 2 do
+  local t = redis.call('GET', KEYS[2 * i])
+  if t and tonumber(t) >= limit then
+    out[i] = 0
+  else
+    local idx, exp = KEYS[2 * i - 1], ARGV[2 * i + 1]
+    local r = redis.pcall('SADD', idx, ARGV[2 * i])
+    if type(r) == 'table' and r.err then
+      out[i] = -1
+    else
+      if redis.call('PEXPIREAT', idx, exp, 'GT') == 0 then redis.call('PEXPIREAT', idx, exp, 'NX') end
+      out[i] = 1
+    end
+  end
 end
-if g < w then redis.call('SET', KEYS[1], ARGV[3]) end
-local limit = tonumber(ARGV[1]) - tonumber(ARGV[2])
-local a = 4
-for i = 1, n do
-  local k = 2 + (i - 1) * 4
-  local exp, nf = ARGV[a], tonumber(ARGV[a + 1])
-  local ok = 1
-  for _, t in ipairs(redis.call('MGET', KEYS[k + 2], KEYS[k + 3])) do
+return out`)
+
+// entryScript KEYS: per entry (entry, token tombstone, new-session
+// tombstone, or the token tombstone again for a session: a session is not
+// held back by its token's creation). ARGV: limit (ms), then per
+// entry: expire at (ms), value. Returns 1 (written) or 0 (refused) per entry.
+var entryScript = newScript(`
+local limit, out = tonumber(ARGV[1]), {}
+for i = 1, #KEYS / 3 do
+  local k, ok = KEYS[3 * i - 2], 1
+  for _, t in ipairs(redis.call('MGET', KEYS[3 * i - 1], KEYS[3 * i])) do
     if t and tonumber(t) >= limit then ok = 0 end
   end
   if ok == 1 then
-    redis.call('DEL', KEYS[k])
-    redis.call('HSET', KEYS[k], unpack(ARGV, a + 2, a + 1 + nf))
-    redis.call('PEXPIREAT', KEYS[k], exp)
-    if KEYS[k + 1] ~= '' then
-      redis.call('SADD', KEYS[k + 1], KEYS[k])
-      if redis.call('PEXPIREAT', KEYS[k + 1], exp, 'GT') == 0 then
-        redis.call('PEXPIREAT', KEYS[k + 1], exp, 'NX')
-      end
-    end
+    local r = redis.pcall('SET', k, ARGV[2 * i + 1], 'PXAT', ARGV[2 * i])
+    if type(r) == 'table' and r.err then ok = -1 end
   end
   out[i] = ok
-  a = a + 2 + nf
 end
 return out`)
 
@@ -339,7 +323,7 @@ func (r *Redis) Get(ctx context.Context, key string) (Lookup, error) {
 	// cache is disabled. A local copy lives for min(TTL, the key's PTTL),
 	// and an entry's PTTL never passes its session's expiry (see SetMany).
 	resps := c.DoMultiCache(ctx,
-		rueidis.CT(c.B().Hgetall().Key(key).Cache(), r.opts.TTL),
+		rueidis.CT(c.B().Get().Key(key).Cache(), r.opts.TTL),
 		rueidis.CT(c.B().Get().Key(GenKey).Cache(), r.opts.TTL))
 	l, err := r.decodeLookup(key, resps[0], resps[1])
 	if !f.Trusted() {
@@ -355,7 +339,7 @@ func (r *Redis) Get(ctx context.Context, key string) (Lookup, error) {
 	if l.Found() && !f.tombs.active(key, l) {
 		return l, nil
 	}
-	resps = c.DoMulti(ctx, c.B().Hgetall().Key(key).Build(), c.B().Get().Key(GenKey).Build())
+	resps = c.DoMulti(ctx, c.B().Get().Key(key).Build(), c.B().Get().Key(GenKey).Build())
 	l, err = r.decodeLookup(key, resps[0], resps[1])
 	if !f.Trusted() {
 		return Lookup{Gen: f.Floor(), Distrusted: true}, nil
@@ -365,10 +349,6 @@ func (r *Redis) Get(ctx context.Context, key string) (Lookup, error) {
 
 func (r *Redis) decodeLookup(key string, entry, gen rueidis.RedisResult) (Lookup, error) {
 	floor := r.fence.Floor()
-	m, err := entry.AsStrMap()
-	if err != nil {
-		return Lookup{Gen: floor}, fmt.Errorf("redis hgetall: %w", err)
-	}
 	g, err := gen.AsInt64()
 	if err != nil && !rueidis.IsRedisNil(err) {
 		return Lookup{Gen: floor}, fmt.Errorf("redis get generation: %w", err)
@@ -377,20 +357,21 @@ func (r *Redis) decodeLookup(key string, entry, gen rueidis.RedisResult) (Lookup
 		r.fence.observe(g)
 	}
 	l := Lookup{Local: entry.IsCacheHit(), Gen: max(g, floor)}
-	if len(m) == 0 { // HGETALL of a missing key is an empty map
+	v, err := entry.AsBytes()
+	switch {
+	case rueidis.IsRedisNil(err):
 		return l, nil
+	case err != nil:
+		return Lookup{Gen: l.Gen}, fmt.Errorf("redis get: %w", err)
 	}
-	if m[fGen] != strconv.FormatInt(l.Gen, 10) {
-		return l, nil // written before the generation moved on: not believed
-	}
-	if m[fMissing] != "" {
-		l.Negative = true
-		return l, nil
-	}
-	l.Record, err = decode(m)
+	eg, rec, err := decodeEntry(v)
 	if err != nil {
 		return Lookup{Gen: l.Gen}, fmt.Errorf("cache entry %s: %w", key, err)
 	}
+	if eg != l.Gen {
+		return l, nil // written before the generation moved on: not believed
+	}
+	l.Record, l.Negative = rec, rec == nil
 	return l, nil
 }
 
@@ -425,21 +406,22 @@ const (
 	Failed
 )
 
-// Set caches rec under key; see SetMany. A skipped write is not an error.
+// Set caches rec under key; see SetMany.
 func (r *Redis) Set(ctx context.Context, key string, rec *Record, st Stamp) error {
 	_, errs := r.SetMany(ctx, []Entry{{key, rec}}, st)
 	return errs[0]
 }
 
-// SetMany caches each entry as a hash whose absolute expiry is
-// min(read start + TTL, the session's expires_at), in one round trip. Each
-// entry is replaced whole by a script (writeScript) that also files it in its
-// user's index and refuses data older than an invalidation; so no reader ever
-// sees a half-written entry, a field left from an older version, an entry
-// without an expiry, or a session brought back after it was revoked. A
-// record the rule cannot decide (see Check) is skipped. It returns one
-// result and one error (nil unless Failed) per entry, and honours ctx's
-// deadline.
+// SetMany caches each entry, whole, with an absolute expiry of
+// min(read start + TTL, the session's expires_at), in two pipelined round
+// trips whatever the number of entries (one script call per slot and step:
+// see indexScript and entryScript for why two, and in that order). An entry
+// is refused (Skipped) when its data may predate an invalidation; so no
+// reader ever sees an entry without an expiry or a session brought back
+// after it was revoked. A session that has expired is cached for the
+// negative TTL (its answer is "expired"); a record the rule cannot decide
+// (see Check) is not cached. It returns one result and one error (nil unless
+// Failed) per entry, and honours ctx's deadline.
 func (r *Redis) SetMany(ctx context.Context, entries []Entry, st Stamp) ([]WriteResult, []error) {
 	res := make([]WriteResult, len(entries))
 	errs := make([]error, len(entries))
@@ -450,203 +432,166 @@ func (r *Redis) SetMany(ctx context.Context, entries []Entry, st Stamp) ([]Write
 		}
 		return res, errs
 	}
-	w := r.newWrite(st, len(entries))
+	w := r.newWrites(c, st)
 	for i, e := range entries {
 		ttl := ttlFor(e.Record, st.ReadStart, r.opts.TTL, r.opts.NegativeTTL)
-		if ttl <= 0 || Check(e.Record, st.ReadStart) == ReasonUndecidable {
+		if ttl <= 0 || e.Key == "" || Check(e.Record, st.ReadStart) == ReasonUndecidable {
 			res[i] = Skipped
 			continue
 		}
-		rec := e.Record
-		w.add(i, st.ReadStart.Add(ttl), encode(rec),
-			e.Key, UserSetPrefix+rec.UserID, TombPrefix+"u:"+rec.UserID, TombPrefix+"k:"+hashOf(e.Key))
+		w.add(i, e.Key, e.Record, st.ReadStart.Add(ttl))
 	}
-	w.exec(ctx, c, res, errs)
+	w.exec(ctx, res, errs)
 	return res, errs
 }
 
 // SetNegative caches "no such session" under key for the negative TTL,
-// unless the token was invalidated (a session inserted with it) after st.
+// unless the token was invalidated (a session created with it) after st.
 func (r *Redis) SetNegative(ctx context.Context, key string, st Stamp) (WriteResult, error) {
 	c, err := r.Client()
 	if err != nil {
 		return Failed, err
 	}
 	res, errs := []WriteResult{0}, []error{nil}
-	w := r.newWrite(st, 1)
-	w.add(0, st.ReadStart.Add(r.opts.NegativeTTL), []string{fMissing, "1"},
-		key, "", TombPrefix+"k:"+hashOf(key), TombPrefix+"n:"+hashOf(key))
-	w.exec(ctx, c, res, errs)
+	w := r.newWrites(c, st)
+	w.add(0, key, nil, st.ReadStart.Add(r.opts.NegativeTTL))
+	w.exec(ctx, res, errs)
 	return res[0], errs[0]
 }
 
-// write gathers one call of writeScript.
-type write struct {
+// errRefusedKey is an entry's error when Redis refused its key (of
+// another type).
+var errRefusedKey = errors.New("redis write: a key of another type is in the way")
+
+// writes gathers the two steps of a SetMany, grouped by slot (everything is
+// one group on a Redis that is not a cluster).
+type writes struct {
+	c       rueidis.Client
+	cluster bool
+	limit   string // read start less the margin (ms)
+	gen     int64
+	buf     []byte
+	index   map[string]*call // by the user's hash tag
+	entry   map[string]*call // by the entry's hash tag
+	entries []pending
+}
+
+// call is one script call: its keys, arguments and the entries it carries.
+type call struct {
 	keys, args []string
-	idx        []int // entry index of each queued entry
+	of         []int // index in writes.entries
 }
 
-func (r *Redis) newWrite(st Stamp, n int) *write {
-	w := &write{keys: make([]string, 1, 1+4*n), args: make([]string, 3, 3+30*n), idx: make([]int, 0, n)}
-	w.keys[0] = GenKey
-	w.args[0] = strconv.FormatInt(st.ReadStart.UnixMilli(), 10)
-	w.args[1] = strconv.FormatInt(r.fence.opts.TombstoneMargin.Milliseconds(), 10)
-	w.args[2] = strconv.FormatInt(st.Gen, 10)
-	return w
+// pending is one entry of a SetMany.
+type pending struct {
+	i       int  // the caller's index
+	indexed bool // step 1 passed (or is not needed)
+	done    bool // has a result
 }
 
-// add queues entry i: its four keys (entry, user index or "", two
-// tombstones) and its fields, plus the generation field.
-func (w *write) add(i int, expireAt time.Time, fields []string, keys ...string) {
-	w.keys = append(w.keys, keys...)
-	w.args = append(w.args, strconv.FormatInt(expireAt.UnixMilli(), 10), strconv.Itoa(len(fields)+2), fGen, w.args[2])
-	w.args = append(w.args, fields...)
-	w.idx = append(w.idx, i)
+func (r *Redis) newWrites(c rueidis.Client, st Stamp) *writes {
+	return &writes{c: c, cluster: c.Mode() == rueidis.ClientModeCluster,
+		limit: strconv.FormatInt(st.ReadStart.Add(-r.fence.opts.TombstoneMargin).UnixMilli(), 10),
+		gen:   st.Gen, index: map[string]*call{}, entry: map[string]*call{}}
 }
 
-func (w *write) exec(ctx context.Context, c rueidis.Client, res []WriteResult, errs []error) {
-	if len(w.idx) == 0 {
+func (w *writes) group(m map[string]*call, tag string) *call {
+	if !w.cluster {
+		tag = ""
+	}
+	c := m[tag]
+	if c == nil {
+		c = &call{args: []string{w.limit}}
+		m[tag] = c
+	}
+	return c
+}
+
+// add queues the entry of rec (nil: negative) under key for the caller's
+// index i.
+func (w *writes) add(i int, key string, rec *Record, expireAt time.Time) {
+	j := len(w.entries)
+	w.entries = append(w.entries, pending{i: i, indexed: rec == nil})
+	exp := strconv.FormatInt(expireAt.UnixMilli(), 10)
+	if rec != nil {
+		ic := w.group(w.index, "{"+rec.UserID+"}")
+		ic.keys = append(ic.keys, userKey(rec.UserID), userTombKey(rec.UserID))
+		ic.args = append(ic.args, key, exp)
+		ic.of = append(ic.of, j)
+	}
+	ec := w.group(w.entry, tagOf(key))
+	checkNew := tombKey(key)
+	if rec == nil {
+		checkNew = newTombKey(key)
+	}
+	w.buf = encodeEntry(w.buf[:0], w.gen, rec)
+	ec.keys = append(ec.keys, key, tombKey(key), checkNew)
+	ec.args = append(ec.args, exp, string(w.buf))
+	ec.of = append(ec.of, j)
+}
+
+func (w *writes) exec(ctx context.Context, res []WriteResult, errs []error) {
+	if len(w.entries) == 0 {
 		return
 	}
-	out, err := writeScript.Exec(ctx, c, w.keys, w.args).AsIntSlice()
-	if err == nil && len(out) != len(w.idx) {
-		err = fmt.Errorf("%d results for %d entries", len(out), len(w.idx))
-	}
-	for j, i := range w.idx {
-		switch {
-		case err != nil:
-			res[i], errs[i] = Failed, fmt.Errorf("redis write: %w", err)
-		case out[j] == 1:
-			res[i] = Written
-		default:
-			res[i] = Skipped
-		}
-	}
+	w.step1(ctx, res, errs)
+	w.step2(ctx, res, errs)
 }
 
-// hashOf is the token hash in an entry key.
-func hashOf(key string) string { return strings.TrimPrefix(key, KeyPrefix) }
-
-// encode lists the fields of r, a NULL column being an absent field.
-func encode(r *Record) []string {
-	f := make([]string, 0, 26)
-	f = append(f, fID, r.ID, fUserID, r.UserID, fEmail, r.Email)
-	for _, o := range [...]struct {
-		name string
-		v    time.Time
-	}{{fExpiresAt, r.ExpiresAt}, {fLastActivityAt, r.LastActivityAt}, {fCreatedAt, r.CreatedAt}} {
-		if !o.v.IsZero() {
-			f = append(f, o.name, encTime(o.v))
-		}
-	}
-	for _, o := range [...]struct {
-		name string
-		v    *string
-	}{{fIPAddress, r.IPAddress}, {fUserAgent, r.UserAgent}, {fFirstName, r.FirstName}, {fLastName, r.LastName}, {fUsername, r.Username}} {
-		if o.v != nil {
-			f = append(f, o.name, *o.v)
-		}
-	}
-	if r.DeletedAt != nil {
-		f = append(f, fDeletedAt, encTime(*r.DeletedAt))
-	}
-	if r.BannedUntil != nil {
-		f = append(f, fBannedUntil, encTime(*r.BannedUntil))
-	}
-	return f
+// step1 files the entries in their users' indexes (indexScript).
+func (w *writes) step1(ctx context.Context, res []WriteResult, errs []error) {
+	w.run(ctx, indexScript, w.index, res, errs, func(j int) { w.entries[j].indexed = true })
 }
 
-func decode(m map[string]string) (*Record, error) {
-	r := &Record{ID: m[fID], UserID: m[fUserID], Email: m[fEmail]}
-	if r.ID == "" || r.UserID == "" {
-		return nil, errors.New("missing id or userId")
-	}
-	for _, o := range [...]struct {
-		name string
-		dst  *time.Time
-	}{{fExpiresAt, &r.ExpiresAt}, {fLastActivityAt, &r.LastActivityAt}, {fCreatedAt, &r.CreatedAt}} {
-		if v, ok := m[o.name]; ok {
-			t, err := decTime(v)
-			if err != nil {
-				return nil, fmt.Errorf("field %s: %w", o.name, err)
+// step2 writes the entries step 1 let through (entryScript).
+func (w *writes) step2(ctx context.Context, res []WriteResult, errs []error) {
+	for tag, c := range w.entry {
+		kept := &call{args: c.args[:1]}
+		for n, j := range c.of {
+			if w.entries[j].indexed && !w.entries[j].done {
+				kept.keys = append(kept.keys, c.keys[3*n:3*n+3]...)
+				kept.args = append(kept.args, c.args[1+2*n:3+2*n]...)
+				kept.of = append(kept.of, j)
 			}
-			*o.dst = t
+		}
+		w.entry[tag] = kept
+	}
+	w.run(ctx, entryScript, w.entry, res, errs, func(j int) { res[w.entries[j].i] = Written })
+}
+
+// run sends one step's calls and records each entry's outcome: ok for 1,
+// Skipped for 0, Failed for -1 or an error.
+func (w *writes) run(ctx context.Context, s *script, calls map[string]*call, res []WriteResult, errs []error, ok func(j int)) {
+	var list []*call
+	var execs []rueidis.LuaExec
+	for _, c := range calls {
+		if len(c.of) > 0 {
+			list = append(list, c)
+			execs = append(execs, rueidis.LuaExec{Keys: c.keys, Args: c.args})
 		}
 	}
-	r.IPAddress = optString(m, fIPAddress)
-	r.UserAgent = optString(m, fUserAgent)
-	r.FirstName = optString(m, fFirstName)
-	r.LastName = optString(m, fLastName)
-	r.Username = optString(m, fUsername)
-	var err error
-	if r.DeletedAt, err = optTime(m, fDeletedAt); err != nil {
-		return nil, err
+	if len(execs) == 0 {
+		return
 	}
-	if r.BannedUntil, err = optTime(m, fBannedUntil); err != nil {
-		return nil, err
-	}
-	return r, nil
-}
-
-// Times are Unix microseconds, Postgres's own resolution, so that a cached
-// record compares equal to the row it came from. The few values that do not
-// fit (±infinity, and years past 294,246 that Postgres holds up to 294,276)
-// are written "inf", "-inf" and "s<seconds>.<microseconds>".
-func encTime(t time.Time) string {
-	switch {
-	case t.Equal(Infinity):
-		return "inf"
-	case t.Equal(NegInfinity):
-		return "-inf"
-	case t.Before(minMicro) || t.After(maxMicro):
-		return "s" + strconv.FormatInt(t.Unix(), 10) + "." + strconv.Itoa(t.Nanosecond()/1000)
-	}
-	return strconv.FormatInt(t.UnixMicro(), 10)
-}
-
-// The range of times that Unix microseconds in an int64 can hold.
-var (
-	minMicro = time.UnixMicro(math.MinInt64).UTC()
-	maxMicro = time.UnixMicro(math.MaxInt64).UTC()
-)
-
-func decTime(v string) (time.Time, error) {
-	switch {
-	case v == "inf":
-		return Infinity, nil
-	case v == "-inf":
-		return NegInfinity, nil
-	case strings.HasPrefix(v, "s"):
-		sec, usec, ok := strings.Cut(v[1:], ".")
-		s, err1 := strconv.ParseInt(sec, 10, 64)
-		us, err2 := strconv.ParseInt(usec, 10, 64)
-		if !ok || err1 != nil || err2 != nil || us < 0 || us >= 1e6 {
-			return time.Time{}, fmt.Errorf("bad time %q", v)
+	for n, r := range s.execMulti(ctx, w.c, execs) {
+		c := list[n]
+		out, err := r.AsIntSlice()
+		if err == nil && len(out) != len(c.of) {
+			err = fmt.Errorf("%d results for %d entries", len(out), len(c.of))
 		}
-		return time.Unix(s, us*1000).UTC(), nil
+		for k, j := range c.of {
+			e := &w.entries[j]
+			switch {
+			case err != nil:
+				res[e.i], errs[e.i], e.done = Failed, fmt.Errorf("redis write: %w", err), true
+			case out[k] == 1:
+				ok(j)
+			case out[k] == 0:
+				res[e.i], e.done = Skipped, true
+			default:
+				res[e.i], errs[e.i], e.done = Failed, errRefusedKey, true
+			}
+		}
 	}
-	us, err := strconv.ParseInt(v, 10, 64)
-	if err != nil {
-		return time.Time{}, err
-	}
-	return time.UnixMicro(us).UTC(), nil
 }
 
-func optTime(m map[string]string, f string) (*time.Time, error) {
-	v, ok := m[f]
-	if !ok {
-		return nil, nil
-	}
-	t, err := decTime(v)
-	if err != nil {
-		return nil, fmt.Errorf("field %s: %w", f, err)
-	}
-	return &t, nil
-}
-
-func optString(m map[string]string, f string) *string {
-	if v, ok := m[f]; ok {
-		return &v
-	}
-	return nil
-}

@@ -60,10 +60,10 @@ func TestRedisRoundTrip(t *testing.T) {
 	bare := &Record{ID: "s1", UserID: "u1", ExpiresAt: now.Add(time.Hour), LastActivityAt: now, CreatedAt: now, Email: "e@x"}
 
 	for _, rec := range []*Record{full, bare} { // bare replaces full: no field may linger
-		if err := r.Set(ctx, "session:k", rec, Stamp{ReadStart: now}); err != nil {
+		if err := r.Set(ctx, k("k"), rec, Stamp{ReadStart: now}); err != nil {
 			t.Fatal(err)
 		}
-		got, _, err := getEventually(t, r, "session:k", rec)
+		got, _, err := getEventually(t, r, k("k"), rec)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -72,11 +72,11 @@ func TestRedisRoundTrip(t *testing.T) {
 		}
 	}
 	// A second read is served from process memory.
-	if l, err := r.Get(ctx, "session:k"); err != nil || !l.Local {
+	if l, err := r.Get(ctx, k("k")); err != nil || !l.Local {
 		t.Errorf("second read: local=%v err=%v", l.Local, err)
 	}
 	// Missing: nil, no error.
-	if l, err := r.Get(ctx, "session:missing"); l.Found() || err != nil {
+	if l, err := r.Get(ctx, k("missing")); l.Found() || err != nil {
 		t.Errorf("missing key: %+v %v", l, err)
 	}
 }
@@ -95,37 +95,51 @@ func getEventually(t *testing.T, r *Redis, key string, want *Record) (*Record, b
 	}
 }
 
-func TestRedisSetManySkipsExpiredAndReportsEach(t *testing.T) {
+// k is the entry key of a test token.
+func k(token string) string { return TokenKey(token) }
+
+func TestRedisSetManySkipsAndReportsEach(t *testing.T) {
 	r, raw := newTestRedis(t, false)
+	r.opts.NegativeTTL = time.Minute
 	ctx := t.Context()
 	now := time.Now()
 	live := &Record{ID: "a", UserID: "u", ExpiresAt: now.Add(time.Hour), Email: "e"}
 	dead := &Record{ID: "b", UserID: "u", ExpiresAt: now.Add(-time.Second), Email: "e"}
-	// A key of another type makes its HSET fail inside EXEC.
-	if err := raw.Do(ctx, raw.B().Set().Key("session:wrong").Value("x").Build()).Error(); err != nil {
+	undecidable := &Record{ID: "c", UserID: "u", Email: "e"} // NULL expires_at
+	// A user index of another type makes that entry's first step fail.
+	if err := raw.Do(ctx, raw.B().Set().Key(userKey("w")).Value("x").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
-	res, errs := r.SetMany(ctx, []Entry{{"session:live", live}, {"session:dead", dead}, {"session:wrong", live}}, Stamp{ReadStart: now})
-	if res[0] != Written || res[1] != Skipped || errs[0] != nil || errs[1] != nil {
-		t.Errorf("results %v, errs %v", res, errs)
+	wrong := &Record{ID: "d", UserID: "w", ExpiresAt: now.Add(time.Hour), Email: "e"}
+	res, errs := r.SetMany(ctx, []Entry{{k("live"), live}, {k("dead"), dead}, {k("undecidable"), undecidable}, {k("wrong"), wrong}, {"", live}}, Stamp{ReadStart: now})
+	if res[0] != Written || res[1] != Written || res[2] != Skipped || res[3] != Failed || res[4] != Skipped || errs[3] == nil {
+		t.Errorf("results %v, errs %v; want written, written (expired: cached briefly), skipped, failed, skipped", res, errs)
 	}
-	// DEL inside the transaction replaces even a key of another type.
-	if n, _ := raw.Do(ctx, raw.B().Exists().Key("session:dead").Build()).AsInt64(); n != 0 {
-		t.Error("an expired session was written")
+	if pttl, _ := raw.Do(ctx, raw.B().Pttl().Key(k("dead")).Build()).AsInt64(); pttl <= 0 || pttl > r.opts.NegativeTTL.Milliseconds() {
+		t.Errorf("an expired session lives %d ms, want at most the negative TTL", pttl)
 	}
-	if typ, _ := raw.Do(ctx, raw.B().Type().Key("session:wrong").Build()).ToString(); typ != "hash" || errs[2] != nil {
-		t.Errorf("entry over a string key: type %s, err %v", typ, errs[2])
+	if n, _ := raw.Do(ctx, raw.B().Exists().Key(k("undecidable")).Key(k("wrong")).Build()).AsInt64(); n != 0 {
+		t.Errorf("%d entries written that must not be", n)
 	}
 }
 
 func TestRedisCorruptEntryIsAnError(t *testing.T) {
 	r, raw := newTestRedis(t, false)
 	ctx := t.Context()
-	if err := raw.Do(ctx, raw.B().Hset().Key("session:bad").FieldValue().FieldValue("g", "0").FieldValue("id", "x").FieldValue("userId", "u").FieldValue("expiresAt", "soon").Build()).Error(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Get(ctx, "session:bad"); err == nil {
-		t.Error("a corrupt entry decoded without error")
+	for name, write := range map[string]rueidis.Completed{
+		"garbage":             raw.B().Set().Key(k("bad")).Value("\x10\x00\x07").Build(),
+		"another version":     raw.B().Set().Key(k("bad")).Value("\x20\x00").Build(),
+		"another type of key": raw.B().Hset().Key(k("bad")).FieldValue().FieldValue("g", "0").Build(),
+	} {
+		if err := raw.Do(ctx, raw.B().Del().Key(k("bad")).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+		if err := raw.Do(ctx, write).Error(); err != nil {
+			t.Fatal(err)
+		}
+		if l, err := r.Get(ctx, k("bad")); err == nil || l.Found() {
+			t.Errorf("%s: decoded without error: %+v", name, l)
+		}
 	}
 }
 
@@ -183,10 +197,10 @@ func TestRedisWritesAfterInvalidation(t *testing.T) {
 		write func(st Stamp) (WriteResult, error)
 		key   string
 	}{
-		{"user invalidated", Batch{Users: []string{"u1"}}, set("session:a"), "session:a"},
-		{"token invalidated", Batch{Keys: []string{"session:c"}}, set("session:c"), "session:c"},
-		{"session created with the token: no negative", Batch{NewKeys: []string{"session:d"}},
-			func(st Stamp) (WriteResult, error) { return r.SetNegative(ctx, "session:d", st) }, "session:d"},
+		{"user invalidated", Batch{Users: []string{"u1"}}, set(k("a")), k("a")},
+		{"token invalidated", Batch{Keys: []string{k("c")}}, set(k("c")), k("c")},
+		{"session created with the token: no negative", Batch{NewKeys: []string{k("d")}},
+			func(st Stamp) (WriteResult, error) { return r.SetNegative(ctx, k("d"), st) }, k("d")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -204,46 +218,51 @@ func TestRedisWritesAfterInvalidation(t *testing.T) {
 
 	t.Run("a user drop deletes every entry of the user and nothing else", func(t *testing.T) {
 		other := &Record{ID: "s9", UserID: "u9", ExpiresAt: now.Add(time.Hour), Email: "e"}
-		if _, errs := r.SetMany(ctx, []Entry{{"session:u1a", rec}, {"session:u1b", rec}, {"session:u9", other}}, after); errs[0] != nil {
+		if _, errs := r.SetMany(ctx, []Entry{{k("u1a"), rec}, {k("u1b"), rec}, {k("u9"), other}}, after); errs[0] != nil {
 			t.Fatal(errs)
 		}
 		n, err := f.Apply(ctx, Batch{Users: []string{"u1"}})
-		if err != nil || n < 2 || exists("session:u1a") || exists("session:u1b") || !exists("session:u9") {
-			t.Errorf("dropped %d (%v); u1a %v u1b %v u9 %v", n, err, exists("session:u1a"), exists("session:u1b"), exists("session:u9"))
+		if err != nil || n < 2 || exists(k("u1a")) || exists(k("u1b")) || !exists(k("u9")) {
+			t.Errorf("dropped %d (%v); u1a %v u1b %v u9 %v", n, err, exists(k("u1a")), exists(k("u1b")), exists(k("u9")))
 		}
 	})
 
 	t.Run("a new session is cached although its token's negative was just dropped", func(t *testing.T) {
-		if _, err := f.Apply(ctx, Batch{NewKeys: []string{"session:e"}}); err != nil {
+		if _, err := f.Apply(ctx, Batch{NewKeys: []string{k("e")}}); err != nil {
 			t.Fatal(err)
 		}
 		other := &Record{ID: "s2", UserID: "u2", ExpiresAt: now.Add(time.Hour), Email: "e"} // no tombstones of its own
-		if res, errs := r.SetMany(ctx, []Entry{{"session:e", other}}, before); res[0] != Written || errs[0] != nil {
+		if res, errs := r.SetMany(ctx, []Entry{{k("e"), other}}, before); res[0] != Written || errs[0] != nil {
 			t.Errorf("%v %v, want Written", res[0], errs[0])
 		}
-		if n, err := f.Apply(ctx, Batch{NewKeys: []string{"session:e"}}); n != 0 || err != nil || !exists("session:e") {
+		if n, err := f.Apply(ctx, Batch{NewKeys: []string{k("e")}}); n != 0 || err != nil || !exists(k("e")) {
 			t.Errorf("a new-key drop removed a session entry: %d %v", n, err)
 		}
 	})
 
-	t.Run("a generation bump drops everything and refuses old writers", func(t *testing.T) {
+	t.Run("a generation bump drops everything, and what an old writer writes is not believed", func(t *testing.T) {
 		if err := f.Resync(ctx, "test"); err != nil {
 			t.Fatal(err)
 		}
-		if l, err := r.Get(ctx, "session:e"); err != nil || l.Found() {
+		if l, err := r.Get(ctx, k("e")); err != nil || l.Found() {
 			t.Errorf("entry of the old generation believed: %+v %v", l, err)
 		}
-		if res, _ := r.SetMany(ctx, []Entry{{"session:f", rec}}, after); res[0] != Skipped {
-			t.Errorf("writer with the old generation: %v, want Skipped", res[0])
+		// A write cannot check the generation (on a cluster it lives in
+		// another slot); every read does.
+		if res, errs := r.SetMany(ctx, []Entry{{k("f"), rec}}, after); res[0] == Failed {
+			t.Fatal(errs[0])
+		}
+		if l, err := r.Get(ctx, k("f")); err != nil || l.Found() {
+			t.Errorf("entry written with the old generation believed: %+v %v", l, err)
 		}
 		g, err := r.Gen(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if res, _ := r.SetMany(ctx, []Entry{{"session:f", rec}}, Stamp{ReadStart: after.ReadStart, Gen: g}); res[0] != Written {
+		if res, _ := r.SetMany(ctx, []Entry{{k("f"), rec}}, Stamp{ReadStart: after.ReadStart, Gen: g}); res[0] != Written {
 			t.Errorf("writer with the new generation: %v, want Written", res[0])
 		}
-		if l, err := r.Get(ctx, "session:f"); err != nil || l.Record == nil {
+		if l, err := r.Get(ctx, k("f")); err != nil || l.Record == nil {
 			t.Errorf("entry of the new generation: %+v %v", l, err)
 		}
 	})
@@ -265,19 +284,14 @@ func TestRedisTimesRoundTrip(t *testing.T) {
 		{"null times", &Record{ID: "s", UserID: "u", ExpiresAt: far}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			m := map[string]string{}
-			f := encode(tt.rec)
-			for i := 0; i < len(f); i += 2 {
-				m[f[i]] = f[i+1]
+			g, got, err := decodeEntry(encodeEntry(nil, 7, tt.rec))
+			if err != nil || g != 7 || !equalRecords(got, tt.rec) {
+				t.Errorf("decodeEntry(encodeEntry) = %d %+v, %v; want %+v", g, got, err, tt.rec)
 			}
-			got, err := decode(m)
-			if err != nil || !equalRecords(got, tt.rec) {
-				t.Errorf("decode(encode) = %+v, %v; want %+v", got, err, tt.rec)
-			}
-			if err := r.Set(ctx, "session:t", tt.rec, Stamp{ReadStart: time.Now()}); err != nil {
+			if err := r.Set(ctx, k("t"), tt.rec, Stamp{ReadStart: time.Now()}); err != nil {
 				t.Fatal(err)
 			}
-			if l, err := r.Get(ctx, "session:t"); err != nil || !equalRecords(l.Record, tt.rec) {
+			if l, err := r.Get(ctx, k("t")); err != nil || !equalRecords(l.Record, tt.rec) {
 				t.Errorf("through redis: %+v %v", l.Record, err)
 			}
 		})

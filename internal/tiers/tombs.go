@@ -16,7 +16,7 @@ type localTombs struct {
 	// is live and no lookup is needed.
 	liveUntil atomic.Int64
 	mu        sync.Mutex
-	until     map[string]time.Time // "k:"/"n:"+hash, "u:"+user id
+	until     map[string]time.Time // "k:"/"n:"+entry key, "u:"+user id
 	pruneAt   int                  // map size at which expired entries are next swept
 }
 
@@ -62,12 +62,11 @@ func (t *localTombs) active(key string, l Lookup) bool {
 		u, ok := t.until[id]
 		return ok && now.Before(u)
 	}
-	h := hashOf(key)
 	switch {
-	case live("k:" + h):
+	case live("k:" + key):
 		return true
 	case l.Negative:
-		return live("n:" + h)
+		return live("n:" + key)
 	case l.Record != nil:
 		return live("u:" + l.Record.UserID)
 	}

@@ -8,7 +8,7 @@ import (
 
 func TestLocalTombs(t *testing.T) {
 	rec := &Record{ID: "s1", UserID: "u1"}
-	key := "session:abc"
+	key := k("abc")
 	tests := []struct {
 		name string
 		mark string
@@ -16,11 +16,11 @@ func TestLocalTombs(t *testing.T) {
 		want bool
 	}{
 		{"nothing marked", "", Lookup{Record: rec}, false},
-		{"token", "k:abc", Lookup{Record: rec}, true},
+		{"token", "k:"+key, Lookup{Record: rec}, true},
 		{"user", "u:u1", Lookup{Record: rec}, true},
 		{"another user", "u:u2", Lookup{Record: rec}, false},
-		{"new session with the token: a negative is distrusted", "n:abc", Lookup{Negative: true}, true},
-		{"new session with the token: the session itself is not", "n:abc", Lookup{Record: rec}, false},
+		{"new session with the token: a negative is distrusted", "n:"+key, Lookup{Negative: true}, true},
+		{"new session with the token: the session itself is not", "n:"+key, Lookup{Record: rec}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,313 @@
+package tiers
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+)
+
+// An entry is one Redis string per token: a compact binary record, read
+// through the client-side cache in one GET. Its layout (all integers
+// varints; version 1):
+//
+//	byte     version<<4 | kind       kind 0: a session, 1: "no such session"
+//	uvarint  generation              believed only while it is the current one
+//	-- a session only --
+//	id       session id              see appendID
+//	id       user id
+//	time ×3  expires_at, last_activity_at, created_at    see appendTime
+//	time ×2  deleted_at, banned_until
+//	str ×6   email, ip_address, user_agent, first_name, last_name, username    see appendStr
+//
+// The version is in every value and the key prefix is new to this layout
+// (see Key), so entries of another layout are never misread: an older
+// sessiond's hashes live under other keys, and a value of another version
+// is a miss.
+const entryVersion = 1
+
+const (
+	kindSession  = 0
+	kindNegative = 1
+)
+
+// errEntry is wrapped by every decoding error.
+var errEntry = errors.New("malformed cache entry")
+
+// encodeEntry appends the entry of rec (nil: a negative entry) written in
+// generation gen.
+func encodeEntry(dst []byte, gen int64, rec *Record) []byte {
+	kind := byte(kindSession)
+	if rec == nil {
+		kind = kindNegative
+	}
+	dst = append(dst, entryVersion<<4|kind)
+	dst = binary.AppendUvarint(dst, uint64(gen))
+	if rec == nil {
+		return dst
+	}
+	dst = appendID(dst, rec.ID)
+	dst = appendID(dst, rec.UserID)
+	dst = appendTime(dst, rec.ExpiresAt)
+	dst = appendTime(dst, rec.LastActivityAt)
+	dst = appendTime(dst, rec.CreatedAt)
+	dst = appendOptTime(dst, rec.DeletedAt)
+	dst = appendOptTime(dst, rec.BannedUntil)
+	dst = appendStr(dst, &rec.Email)
+	for _, s := range [...]*string{rec.IPAddress, rec.UserAgent, rec.FirstName, rec.LastName, rec.Username} {
+		dst = appendStr(dst, s)
+	}
+	return dst
+}
+
+// decodeEntry reads an entry: its generation, and the record (nil for a
+// negative entry).
+func decodeEntry(b []byte) (gen int64, rec *Record, err error) {
+	d := decoder{b: b}
+	head := d.byte()
+	if d.err == nil && head>>4 != entryVersion {
+		return 0, nil, fmt.Errorf("%w: version %d", errEntry, head>>4)
+	}
+	gen = int64(d.uvarint())
+	if d.err != nil {
+		return 0, nil, d.err
+	}
+	switch head & 0x0f {
+	case kindNegative:
+		return gen, nil, nil
+	case kindSession:
+	default:
+		return 0, nil, fmt.Errorf("%w: kind %d", errEntry, head&0x0f)
+	}
+	r := &Record{ID: d.id(), UserID: d.id()}
+	r.ExpiresAt = d.time()
+	r.LastActivityAt = d.time()
+	r.CreatedAt = d.time()
+	r.DeletedAt = d.optTime()
+	r.BannedUntil = d.optTime()
+	if e := d.str(); e != nil {
+		r.Email = *e
+	}
+	r.IPAddress, r.UserAgent, r.FirstName, r.LastName, r.Username = d.str(), d.str(), d.str(), d.str(), d.str()
+	if d.err == nil && len(d.b) != 0 {
+		d.err = fmt.Errorf("%w: %d bytes left over", errEntry, len(d.b))
+	}
+	if d.err == nil && (r.ID == "" || r.UserID == "") {
+		d.err = fmt.Errorf("%w: no session or user id", errEntry)
+	}
+	if d.err != nil {
+		return 0, nil, d.err
+	}
+	return gen, r, nil
+}
+
+// isNegativeEntry tells a negative entry by its first byte, as the drop
+// script does in Lua.
+func isNegativeEntry(b []byte) bool { return len(b) > 0 && b[0] == entryVersion<<4|kindNegative }
+
+// An id is 16 bytes when it is a UUID in its canonical lowercase form (what
+// Postgres's uuid::text gives), else its text.
+const (
+	idText = 0
+	idUUID = 1
+)
+
+func appendID(dst []byte, id string) []byte {
+	if u, ok := parseUUID(id); ok {
+		return append(append(dst, idUUID), u[:]...)
+	}
+	dst = append(dst, idText)
+	return appendStr(dst, &id)
+}
+
+func parseUUID(s string) ([16]byte, bool) {
+	var u [16]byte
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return u, false
+	}
+	hexPart := s[0:8] + s[9:13] + s[14:18] + s[19:23] + s[24:36]
+	for i := 0; i < len(hexPart); i++ {
+		if c := hexPart[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return u, false // capitals would not come back the same
+		}
+	}
+	_, err := hex.Decode(u[:], []byte(hexPart))
+	return u, err == nil
+}
+
+func formatUUID(u []byte) string {
+	var b [36]byte
+	hex.Encode(b[0:8], u[0:4])
+	b[8] = '-'
+	hex.Encode(b[9:13], u[4:6])
+	b[13] = '-'
+	hex.Encode(b[14:18], u[6:8])
+	b[18] = '-'
+	hex.Encode(b[19:23], u[8:10])
+	b[23] = '-'
+	hex.Encode(b[24:36], u[10:16])
+	return string(b[:])
+}
+
+// A time is a tag byte, then for timeNormal the zigzag varint of Unix
+// microseconds, for timeFar the varints of Unix seconds and microseconds
+// (years past 294,246, which microseconds in an int64 cannot hold).
+const (
+	timeNull = iota
+	timeNormal
+	timeInf
+	timeNegInf
+	timeFar
+)
+
+func appendTime(dst []byte, t time.Time) []byte {
+	switch {
+	case t.IsZero():
+		return append(dst, timeNull)
+	case t.Equal(Infinity):
+		return append(dst, timeInf)
+	case t.Equal(NegInfinity):
+		return append(dst, timeNegInf)
+	case t.Before(minMicro) || t.After(maxMicro):
+		dst = binary.AppendVarint(append(dst, timeFar), t.Unix())
+		return binary.AppendUvarint(dst, uint64(t.Nanosecond()/1000))
+	}
+	return binary.AppendVarint(append(dst, timeNormal), t.UnixMicro())
+}
+
+func appendOptTime(dst []byte, t *time.Time) []byte {
+	if t == nil {
+		return append(dst, timeNull)
+	}
+	return appendTime(dst, *t)
+}
+
+// The range of times that Unix microseconds in an int64 can hold.
+var (
+	minMicro = time.UnixMicro(math.MinInt64).UTC()
+	maxMicro = time.UnixMicro(math.MaxInt64).UTC()
+)
+
+// A string is uvarint(length+1) and its bytes; 0 is NULL.
+func appendStr(dst []byte, s *string) []byte {
+	if s == nil {
+		return append(dst, 0)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(*s))+1)
+	return append(dst, *s...)
+}
+
+// decoder reads an entry; the first error sticks and every later read
+// returns a zero value.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(what string) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: truncated %s", errEntry, what)
+	}
+	d.b = nil
+}
+
+func (d *decoder) byte() byte {
+	if len(d.b) == 0 {
+		d.fail("byte")
+		return 0
+	}
+	c := d.b[0]
+	d.b = d.b[1:]
+	return c
+}
+
+func (d *decoder) uvarint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail("varint")
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.fail("varint")
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) bytes(n int) []byte {
+	if n < 0 || len(d.b) < n {
+		d.fail("bytes")
+		return nil
+	}
+	b := d.b[:n:n]
+	d.b = d.b[n:]
+	return b
+}
+
+func (d *decoder) id() string {
+	switch d.byte() {
+	case idUUID:
+		if b := d.bytes(16); b != nil {
+			return formatUUID(b)
+		}
+	case idText:
+		if s := d.str(); s != nil {
+			return *s
+		}
+	default:
+		d.fail("id")
+	}
+	return ""
+}
+
+func (d *decoder) str() *string {
+	n := d.uvarint()
+	if n == 0 || d.err != nil {
+		return nil
+	}
+	if n-1 > uint64(len(d.b)) {
+		d.fail("string")
+		return nil
+	}
+	s := string(d.bytes(int(n - 1)))
+	return &s
+}
+
+func (d *decoder) time() time.Time {
+	switch d.byte() {
+	case timeNull:
+		return time.Time{}
+	case timeNormal:
+		return time.UnixMicro(d.varint()).UTC()
+	case timeInf:
+		return Infinity
+	case timeNegInf:
+		return NegInfinity
+	case timeFar:
+		s, us := d.varint(), d.uvarint()
+		if us >= 1e6 {
+			d.fail("time")
+			return time.Time{}
+		}
+		return time.Unix(s, int64(us)*1000).UTC()
+	}
+	d.fail("time")
+	return time.Time{}
+}
+
+func (d *decoder) optTime() *time.Time {
+	t := d.time()
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
