@@ -439,6 +439,12 @@ func TestPostgresPair(t *testing.T) {
 	}
 	conn.Close(ctx)
 	pool.Close()
+	if err := pair.Promote(ctx); err != nil {
+		t.Errorf("second Promote: %v", err)
+	}
+	if _, err := pair.CreateDatabase(ctx, "after"); err != nil {
+		t.Errorf("CreateDatabase after Promote: %v", err)
+	}
 
 	if err := pair.Stop(); err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/jackc/pgx/v5"
@@ -20,6 +21,7 @@ const replicationSlot = "devstack_replica"
 // Its methods are safe for concurrent use.
 type PostgresPair struct {
 	primary, replica *Postgres
+	promoted         atomic.Bool // the replica is the primary: nothing replicates any more
 }
 
 // StartPostgresPair starts a primary as StartPostgres does, copies it with pg_basebackup (-R: the copy
@@ -91,6 +93,7 @@ func pgBasebackup(ctx context.Context, path string, port int, dataDir string, cr
 		"--create-slot", "--slot="+replicationSlot,
 		"--checkpoint=fast", // else the copy waits for the next spread checkpoint
 		"--no-sync",
+		"--no-manifest", // nobody verifies this copy
 		"--no-password",
 	)
 	cmd.Dir = filepath.Dir(dataDir)
@@ -151,8 +154,12 @@ func (pair *PostgresPair) CreateDatabase(ctx context.Context, name string) (url 
 }
 
 // WaitReplicated returns once the replica has replayed everything the primary had written when it was called,
-// so that what was committed survives Promote. ctx bounds the wait (one minute if it has no deadline).
+// so that what was committed survives Promote; after Promote, at once. ctx bounds the wait (one minute if it
+// has no deadline).
 func (pair *PostgresPair) WaitReplicated(ctx context.Context) error {
+	if pair.promoted.Load() {
+		return nil
+	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
 	var lsn string
@@ -172,8 +179,11 @@ func (pair *PostgresPair) WaitReplicated(ctx context.Context) error {
 // Promote makes the replica the primary: it kills the primary if it still runs (so that there are never two),
 // promotes the replica (pg_promote(), the SQL form of pg_ctl promote), and returns once the replica accepts
 // writes. Transactions the replica had not received are lost, as in a real failover: call WaitReplicated
-// first to keep them. ctx bounds the promotion (one minute if it has no deadline).
+// first to keep them. Later calls do nothing. ctx bounds the promotion (one minute if it has no deadline).
 func (pair *PostgresPair) Promote(ctx context.Context) error {
+	if pair.promoted.Load() {
+		return nil
+	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
 	if err := pair.primary.Kill(); err != nil {
@@ -186,6 +196,7 @@ func (pair *PostgresPair) Promote(ctx context.Context) error {
 	if !promoted {
 		return errors.New("postgres pair: promote: the replica did not leave recovery within 60 s")
 	}
+	pair.promoted.Store(true)
 	return poll(ctx, func(ctx context.Context) error {
 		var readOnly string
 		err := queryRow(ctx, pair.URL(), "SHOW transaction_read_only", nil, &readOnly)

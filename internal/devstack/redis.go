@@ -24,7 +24,8 @@ type RedisOptions struct {
 	Dir string
 }
 
-// Redis is a throwaway Redis server started by StartRedis. Its methods are safe for concurrent use.
+// Redis is a throwaway Redis server started by StartRedis, or one node of a RedisCluster or RedisSentinel.
+// Its methods are safe for concurrent use.
 type Redis struct {
 	srv *server
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -94,8 +95,8 @@ func StartRedisCluster(ctx context.Context, opts RedisClusterOptions) (_ *RedisC
 	return c, nil
 }
 
-// mustFreePort is freePort for the cluster bus. If no port can be had, 0 makes redis-server refuse to start and
-// say why, which reaches the caller as the start's error.
+// mustFreePort is freePort for the cluster bus. If no port can be had (no free port on loopback), 0 gives Redis's
+// default, port+10000, which will most likely do.
 func mustFreePort() int {
 	p, _ := freePort()
 	return p
@@ -185,7 +186,7 @@ func (c *RedisCluster) Addrs() []string {
 // Kill one to take its slots away (the cluster marks it failing after 5 s and then refuses every command);
 // bring it back with RestartNode. A node's Restart and Stop work too, but leave waiting for the cluster to
 // the caller, and a stopped node cannot come back.
-func (c *RedisCluster) Nodes() []*Redis { return c.nodes }
+func (c *RedisCluster) Nodes() []*Redis { return slices.Clone(c.nodes) }
 
 // Dir returns the cluster's directory, which holds one directory per node (redis.log, nodes.conf).
 // Stop removes it.

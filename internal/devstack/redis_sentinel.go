@@ -41,7 +41,7 @@ type RedisSentinel struct {
 	sentinel  *Redis
 
 	mu     sync.Mutex
-	master int // index in nodes of the master as of the last start or failover: what Restart replicates from
+	master int // index in nodes of the master as of the last start, Failover or KillMaster
 }
 
 // StartRedisSentinel starts two redis-server nodes as StartRedis does (free ports, persistence off, their own
@@ -74,8 +74,8 @@ func StartRedisSentinel(ctx context.Context, opts RedisSentinelOptions) (_ *Redi
 				// Replication goes through memory only: no waiting 5 s for more replicas before a full sync, and no
 				// dump.rdb left for a Restart to load (persistence is off).
 				args := append(redisArgs(dir, port), "--repl-diskless-sync-delay", "0", "--repl-diskless-load", "swapdb")
-				if m := s.masterNode(); m != nil && m.Port() != port {
-					args = append(args, "--replicaof", "127.0.0.1", strconv.Itoa(m.Port()))
+				if m := s.masterPort(); m != 0 && m != port {
+					args = append(args, "--replicaof", "127.0.0.1", strconv.Itoa(m))
 				}
 				return args
 			},
@@ -117,14 +117,22 @@ func StartRedisSentinel(ctx context.Context, opts RedisSentinelOptions) (_ *Redi
 	return s, nil
 }
 
-// masterNode returns the node that is master as of the last start or failover, nil before the first start.
-func (s *RedisSentinel) masterNode() *Redis {
+// masterPort returns the port of the master: as the sentinel says if it answers, else as of the last start,
+// Failover or KillMaster; 0 before the first node has started.
+func (s *RedisSentinel) masterPort() int {
+	if s.sentinel != nil && s.sentinel.srv.running() {
+		ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+		defer cancel()
+		if m, err := s.Master(ctx); err == nil {
+			return m.Port()
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.nodes[0] == nil {
-		return nil
+		return 0
 	}
-	return s.nodes[s.master]
+	return s.nodes[s.master].Port()
 }
 
 // waitReplicaSynced returns once the node at addr is a replica whose link to its master is up.
@@ -212,10 +220,10 @@ func (s *RedisSentinel) SentinelAddr() string { return s.sentinel.Addr() }
 func (s *RedisSentinel) Sentinel() *Redis { return s.sentinel }
 
 // Nodes returns the two data nodes, the first started as master and the second as its replica. Which is
-// master now is what Master says. A node's Restart brings it back empty, as a replica of the master as of the
-// last start or failover; restarting the master itself before a failover leaves an empty master, which its
-// replica then copies (persistence is off).
-func (s *RedisSentinel) Nodes() []*Redis { return s.nodes[:] }
+// master now is what Master says. A node's Restart brings it back empty, as a replica of the master the
+// sentinel names; restarting the master itself before a failover leaves an empty master, which its replica
+// then copies (persistence is off).
+func (s *RedisSentinel) Nodes() []*Redis { return []*Redis{s.nodes[0], s.nodes[1]} }
 
 // Dir returns the setup's directory, which holds one directory per server (redis.log, sentinel.conf).
 // Stop removes it.
