@@ -1,6 +1,7 @@
 package devstack
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,13 +11,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 const (
-	// sentinelDownAfter is how long the master may not answer before the sentinel fails over (Redis's default is
-	// 30 s), in milliseconds. 1 s, the sentinel's ping period, made it fail over a healthy new master right
-	// after a failover on a busy machine.
-	sentinelDownAfter = 2000
+	// defaultDownAfter is how long the master may not answer before the sentinel fails over (Redis's default is
+	// 30 s). 1 s, the sentinel's ping period, made it fail over a healthy new master right after a failover on a
+	// busy machine.
+	defaultDownAfter = 2 * time.Second
 	// sentinelFailoverTimeout bounds a failover's steps, and a sentinel waits twice as long before it fails over
 	// the same master again by itself (Redis's default is 3 minutes), in milliseconds.
 	sentinelFailoverTimeout = 5000
@@ -30,6 +32,9 @@ type RedisSentinelOptions struct {
 	Dir string
 	// MasterSet is the name under which the sentinel monitors the master; "" means "devstack".
 	MasterSet string
+	// DownAfter is how long the master may not answer before the sentinel fails over; 0 means 2 s. Less than
+	// 2 s risks failovers of a master that is merely slow on a busy machine.
+	DownAfter time.Duration
 }
 
 // RedisSentinel is a throwaway Redis master, its replica, and one redis-sentinel watching them, started by
@@ -47,7 +52,7 @@ type RedisSentinel struct {
 // StartRedisSentinel starts two redis-server nodes as StartRedis does (free ports, persistence off, their own
 // directories), the second a replica of the first, and one redis-sentinel monitoring the first under
 // MasterSet with a quorum of 1 (one sentinel may decide alone): it fails over when the master has not
-// answered for 2 s. It returns once the replica is in sync and the sentinel knows both nodes.
+// answered for DownAfter. It returns once the replica is in sync and the sentinel knows both nodes.
 //
 // ctx bounds the start (one minute per step if it has no deadline); the servers live until Stop, or the exit
 // of this process. An error wraps ErrNotInstalled when redis-server or redis-sentinel is missing.
@@ -56,10 +61,8 @@ func StartRedisSentinel(ctx context.Context, opts RedisSentinelOptions) (_ *Redi
 	if err != nil {
 		return nil, fmt.Errorf("start redis sentinel: %w", err)
 	}
-	s := &RedisSentinel{dir: dir, masterSet: opts.MasterSet}
-	if s.masterSet == "" {
-		s.masterSet = defaultMasterSet
-	}
+	s := &RedisSentinel{dir: dir, masterSet: cmp.Or(opts.MasterSet, defaultMasterSet)}
+	downAfter := cmp.Or(opts.DownAfter, defaultDownAfter)
 	defer func() {
 		if err != nil {
 			s.Stop()
@@ -96,7 +99,7 @@ func StartRedisSentinel(ctx context.Context, opts RedisSentinelOptions) (_ *Redi
 			conf := fmt.Sprintf("sentinel monitor %[1]s 127.0.0.1 %[2]d 1\n"+
 				"sentinel down-after-milliseconds %[1]s %[3]d\n"+
 				"sentinel failover-timeout %[1]s %[4]d\n",
-				s.masterSet, s.nodes[0].Port(), sentinelDownAfter, sentinelFailoverTimeout)
+				s.masterSet, s.nodes[0].Port(), downAfter.Milliseconds(), sentinelFailoverTimeout)
 			return os.WriteFile(filepath.Join(dir, "sentinel.conf"), []byte(conf), 0o644)
 		},
 		args: func(dir string, port int) []string {
@@ -270,8 +273,11 @@ func (s *RedisSentinel) Failover(ctx context.Context) error {
 		return fmt.Errorf("redis sentinel failover: %w", err)
 	}
 	// Refused (NOGOODSLAVE, INPROG) while the sentinel has not yet seen a replica fit to promote, or is still
-	// finishing a failover: try again until it accepts.
+	// finishing a failover: try again until it accepts, or until a failover of its own has replaced old.
 	if err := poll(ctx, func(ctx context.Context) error {
+		if m, err := s.Master(ctx); err == nil && m != old {
+			return nil
+		}
 		_, err := redisCommand(ctx, s.SentinelAddr(), "SENTINEL", "FAILOVER", s.masterSet)
 		return err
 	}, "redis sentinel failover: SENTINEL FAILOVER"); err != nil {
@@ -281,7 +287,7 @@ func (s *RedisSentinel) Failover(ctx context.Context) error {
 }
 
 // KillMaster kills the current master (SIGKILL), as a crash would, and returns it once the sentinel has
-// noticed (after 2 s), promoted the replica, and the replica answers as master. The killed node keeps its
+// noticed (after DownAfter), promoted the replica, and the replica answers as master. The killed node keeps its
 // directory: its Restart brings it back as a replica of the new master. ctx bounds the wait (one minute if it
 // has no deadline).
 func (s *RedisSentinel) KillMaster(ctx context.Context) (*Redis, error) {
