@@ -33,6 +33,10 @@ run: deps $(GRPCURL) ## start throwaway Postgres + Redis (unless DATABASE_URL/RE
 test: deps lint check-generate ## everything CI checks: lint, generated code up to date, unit and integration tests
 	$(GO) test -race -count=1 -timeout 20m ./...
 
+.PHONY: test-engines
+test-engines: deps ## the engines production runs on: Redis Cluster, Redis Sentinel, Postgres primary + replica (~20 s)
+	$(GO) test -race -count=1 -timeout 10m -run 'Cluster|Sentinel|Pair' ./internal/devstack/...
+
 .PHONY: test-short
 test-short: ## the tests alone, without lint or generation checks
 	$(GO) test -count=1 ./...

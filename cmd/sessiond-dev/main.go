@@ -1,6 +1,8 @@
 // Command sessiond-dev is what `make run` runs: sessiond with throwaway real
 // servers. When DATABASE_URL or REDIS_URL is not set it starts a PostgreSQL
-// (initdb in a temp dir) or a redis-server on a free port; it migrates, loads
+// (initdb in a temp dir) or a redis-server on a free port (or, with
+// --postgres-replica, --redis-cluster or --redis-sentinel, the highly
+// available setup named; see engines.go); it migrates, loads
 // demo data into an empty database, serves, and prints grpcurl commands with
 // real demo tokens once health is SERVING. Ctrl-C stops sessiond and the
 // servers it started, and removes their files.
@@ -29,7 +31,6 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/sessiond/sessiond/internal/config"
-	"github.com/sessiond/sessiond/internal/devstack"
 	"github.com/sessiond/sessiond/internal/redact"
 	"github.com/sessiond/sessiond/internal/schema"
 	"github.com/sessiond/sessiond/internal/seed"
@@ -52,7 +53,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs := flag.NewFlagSet("sessiond-dev", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg.RegisterFlags(fs)
+	var eng engines
+	eng.register(fs)
 	if err := config.Parse(fs, args, getenv); err != nil {
+		return err
+	}
+	if err := eng.check(cfg.DatabaseURL, cfg.RedisURL); err != nil {
 		return err
 	}
 	var lvl slog.Level
@@ -70,27 +76,24 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}()
 	started := false
 	if cfg.DatabaseURL == "" {
-		fmt.Fprintln(stdout, "starting a throwaway PostgreSQL (DATABASE_URL is not set)…")
-		pg, err := devstack.StartPostgres(ctx, devstack.PostgresOptions{})
+		url, stop, err := eng.startPostgres(ctx, stdout)
+		if stop != nil {
+			cleanups = append(cleanups, stop)
+		}
 		if err != nil {
 			return err
 		}
-		cleanups = append(cleanups, func() { _ = pg.Stop() })
-		if cfg.DatabaseURL, err = pg.CreateDatabase(ctx, "sessiond"); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "  postgres: %s (data in %s)\n", redact.URL("DATABASE_URL", cfg.DatabaseURL), pg.Dir())
-		started = true
+		cfg.DatabaseURL, started = url, true
 	}
 	if cfg.RedisURL == "" {
-		fmt.Fprintln(stdout, "starting a throwaway redis-server (REDIS_URL is not set)…")
-		rs, err := devstack.StartRedis(ctx, devstack.RedisOptions{})
+		url, stop, err := eng.startRedis(ctx, stdout)
+		if stop != nil {
+			cleanups = append(cleanups, stop)
+		}
 		if err != nil {
 			return err
 		}
-		cleanups = append(cleanups, func() { _ = rs.Stop() })
-		cfg.RedisURL = rs.URL()
-		fmt.Fprintf(stdout, "  redis:    %s\n", redact.URL("REDIS_URL", cfg.RedisURL))
+		cfg.RedisURL = url
 	}
 
 	if err := cfg.Validate(); err != nil { // before the URLs are used: their errors never show a password

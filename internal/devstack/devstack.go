@@ -76,11 +76,8 @@ func (s *server) startOnFreePort(ctx context.Context) error {
 
 // start runs the server on s.port and waits until it is ready. The caller holds s.mu.
 func (s *server) start(ctx context.Context) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, defaultStartTimeout)
-		defer cancel()
-	}
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
 	cmd := s.cmd(s.port)
 	proc, err := startProcess(cmd, s.logPath)
 	if err != nil {
@@ -151,6 +148,13 @@ func (s *server) kill() {
 	s.halt(s.killSig)
 }
 
+// running reports whether the server runs: started, and neither killed nor stopped since.
+func (s *server) running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.proc != nil
+}
+
 // stop shuts the server down cleanly and removes its directory. Calls after the first return nil.
 func (s *server) stop() error {
 	s.mu.Lock()
@@ -179,6 +183,37 @@ func (s *server) halt(sig syscall.Signal) {
 		s.proc.kill()
 	}
 	s.proc = nil
+}
+
+// withDefaultTimeout returns ctx bounded by defaultStartTimeout if it has no deadline, so a server that never
+// becomes ready cannot hang a test binary.
+func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, defaultStartTimeout)
+}
+
+// poll calls check, each call bounded by probeTimeout, every pollInterval until it returns nil, or until ctx
+// ends: then the error starts with what and ends with the last check's error.
+func poll(ctx context.Context, check func(ctx context.Context) error, what string) error {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	var last error
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w (last check: %v)", what, ctx.Err(), last)
+		case <-timer.C:
+		}
+		oneCtx, cancel := context.WithTimeout(ctx, probeTimeout)
+		last = check(oneCtx)
+		cancel()
+		if last == nil {
+			return nil
+		}
+		timer.Reset(pollInterval)
+	}
 }
 
 // process is a started child whose exit is observed by a goroutine.

@@ -304,10 +304,9 @@ func TestParallelStartsGetDistinctPorts(t *testing.T) {
 	}
 }
 
-func TestFindPostgres(t *testing.T) {
-	t.Parallel()
-	root := t.TempDir()
-	mk := func(dir string, names ...string) string {
+// fakePrograms returns mk, which creates root/dir holding empty executable files named names, and returns it.
+func fakePrograms(t *testing.T, root string) (mk func(dir string, names ...string) string) {
+	return func(dir string, names ...string) string {
 		dir = filepath.Join(root, dir)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
@@ -319,6 +318,12 @@ func TestFindPostgres(t *testing.T) {
 		}
 		return dir
 	}
+}
+
+func TestFindPostgres(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	mk := fakePrograms(t, root)
 	both := mk("both", "initdb", "postgres")
 	onlyInitdb := mk("only-initdb", "initdb")
 	empty := mk("empty")

@@ -47,11 +47,19 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (_ *Postgres, err 
 	if err != nil {
 		return nil, err
 	}
+	return runPostgres(ctx, bin, opts.Dir, func(dataDir string, cred *syscall.Credential) error {
+		return initdb(ctx, bin.initdb, dataDir, cred)
+	})
+}
+
+// runPostgres creates a server directory in parent, has create make the data directory in it, and starts
+// postgres there on a free port.
+func runPostgres(ctx context.Context, bin pgBin, parent string, create func(dataDir string, cred *syscall.Credential) error) (_ *Postgres, err error) {
 	cred, err := postgresCredential()
 	if err != nil {
 		return nil, err
 	}
-	dir, err := newDir(opts.Dir, "devstack-postgres-")
+	dir, err := newDir(parent, "devstack-postgres-")
 	if err != nil {
 		return nil, fmt.Errorf("start postgres: %w", err)
 	}
@@ -69,7 +77,7 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (_ *Postgres, err 
 		}
 	}
 	p := &Postgres{dataDir: filepath.Join(dir, "data")}
-	if err := initdb(ctx, bin.initdb, p.dataDir, cred); err != nil {
+	if err := create(p.dataDir, cred); err != nil {
 		return nil, err
 	}
 	p.srv = &server{

@@ -2,6 +2,7 @@ package devstack
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/redis/rueidis"
 )
 
 // RedisOptions configures StartRedis. The zero value is ready to use.
@@ -21,7 +24,8 @@ type RedisOptions struct {
 	Dir string
 }
 
-// Redis is a throwaway Redis server started by StartRedis. Its methods are safe for concurrent use.
+// Redis is a throwaway Redis server started by StartRedis, or one node of a RedisCluster or RedisSentinel.
+// Its methods are safe for concurrent use.
 type Redis struct {
 	srv *server
 }
@@ -33,35 +37,71 @@ type Redis struct {
 // Kill, or the exit of this process. An error wraps ErrNotInstalled when redis-server is missing, and includes
 // the end of the server's log when it failed to start. The server runs in its own process group, so a Ctrl-C
 // in the terminal does not reach it: the caller stops it.
-func StartRedis(ctx context.Context, opts RedisOptions) (_ *Redis, err error) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		return nil, fmt.Errorf("%w: redis-server is not in PATH; "+
-			"install it with `apt-get install redis-server` (or run `make deps`)", ErrNotInstalled)
+func StartRedis(ctx context.Context, opts RedisOptions) (*Redis, error) {
+	return runRedis(ctx, redisSpec{parent: opts.Dir, pattern: "devstack-redis-"})
+}
+
+// redisSpec says how to run one redis-server or redis-sentinel: StartRedis's standalone server, a node of a
+// cluster or of a Sentinel setup, or the sentinel itself.
+type redisSpec struct {
+	// bin is the program, "redis-server" when empty.
+	bin string
+	// parent is where the server's directory is created ("" means os.TempDir()); pattern names it.
+	parent, pattern string
+	// setup, if set, runs once in the new directory before the first start (a sentinel needs its config file).
+	setup func(dir string) error
+	// args returns the command line after the program for a start on port; nil means redisArgs(dir, port).
+	// It is called again for each start, Restart included, so it may depend on the current state.
+	args func(dir string, port int) []string
+}
+
+// redisArgs are the options every devstack redis-server runs with: loopback only, persistence off, its files
+// in dir, in the foreground.
+func redisArgs(dir string, port int) []string {
+	return []string{
+		"--port", strconv.Itoa(port),
+		"--bind", "127.0.0.1",
+		"--save", "",
+		"--appendonly", "no",
+		"--hash-max-listpack-value", "256",
+		"--dir", dir,
+		"--daemonize", "no",
 	}
-	dir, err := newDir(opts.Dir, "devstack-redis-")
+}
+
+// runRedis creates the directory of spec, starts the server on a free port and returns once it answers.
+func runRedis(ctx context.Context, spec redisSpec) (_ *Redis, err error) {
+	name := cmp.Or(spec.bin, "redis-server")
+	bin, err := exec.LookPath(name)
 	if err != nil {
-		return nil, fmt.Errorf("start redis-server: %w", err)
+		// Each program comes in the Debian package of its name.
+		return nil, fmt.Errorf("%w: %s is not in PATH; "+
+			"install it with `apt-get install %s` (or run `make deps`)", ErrNotInstalled, name, name)
+	}
+	dir, err := newDir(spec.parent, spec.pattern)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	defer func() {
 		if err != nil {
 			os.RemoveAll(dir)
 		}
 	}()
+	if spec.setup != nil {
+		if err := spec.setup(dir); err != nil {
+			return nil, fmt.Errorf("start %s: %w", name, err)
+		}
+	}
+	args := spec.args
+	if args == nil {
+		args = redisArgs
+	}
 	r := &Redis{srv: &server{
-		name:    "redis-server",
+		name:    name,
 		dir:     dir,
 		logPath: filepath.Join(dir, "redis.log"),
 		cmd: func(port int) *exec.Cmd {
-			cmd := exec.Command(bin,
-				"--port", strconv.Itoa(port),
-				"--bind", "127.0.0.1",
-				"--save", "",
-				"--appendonly", "no",
-				"--hash-max-listpack-value", "256",
-				"--dir", dir,
-				"--daemonize", "no",
-			)
+			cmd := exec.Command(bin, args(dir, port)...)
 			cmd.Dir = dir
 			return cmd
 		},
@@ -137,4 +177,21 @@ func redisProbe(ctx context.Context, port, pid int) error {
 		return fmt.Errorf("%s is served by another redis-server", addr)
 	}
 	return nil
+}
+
+// redisCommand sends one command to the one server at addr, a node of a cluster or a sentinel included (no
+// discovery, no retry, no client-side cache), and returns its reply; a Redis error reply is an error.
+func redisCommand(ctx context.Context, addr string, args ...string) (rueidis.RedisMessage, error) {
+	c, err := rueidis.NewClient(rueidis.ClientOption{
+		InitAddress:       []string{addr},
+		ForceSingleClient: true,
+		DisableCache:      true,
+		DisableRetry:      true,
+		Dialer:            net.Dialer{Timeout: probeTimeout},
+	})
+	if err != nil {
+		return rueidis.RedisMessage{}, err
+	}
+	defer c.Close()
+	return c.Do(ctx, c.B().Arbitrary(args...).Build()).ToMessage()
 }

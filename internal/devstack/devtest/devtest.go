@@ -162,42 +162,20 @@ func RedisURL(t testing.TB) string {
 // It skips t when TEST_DATABASE_URL is set: those runs use external servers only.
 func OwnPostgres(t testing.TB) *devstack.Postgres {
 	t.Helper()
-	if os.Getenv("TEST_DATABASE_URL") != "" {
-		t.Skip("devtest: TEST_DATABASE_URL is set, so this test, which needs a private Postgres server to stop, does not run")
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), startTimeout)
-	defer cancel()
-	p, err := devstack.StartPostgres(ctx, devstack.PostgresOptions{})
-	if err != nil {
-		t.Fatalf("devtest: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := p.Stop(); err != nil {
-			t.Errorf("devtest: %v", err)
-		}
+	skipWithExternal(t, "TEST_DATABASE_URL", "a private Postgres server to stop")
+	return own(t, func(ctx context.Context) (*devstack.Postgres, error) {
+		return devstack.StartPostgres(ctx, devstack.PostgresOptions{})
 	})
-	return p
 }
 
 // OwnRedis starts a private Redis server for tests that stop or kill it, and stops it when t ends.
 // It skips t when TEST_REDIS_URL is set: those runs use external servers only.
 func OwnRedis(t testing.TB) *devstack.Redis {
 	t.Helper()
-	if os.Getenv("TEST_REDIS_URL") != "" {
-		t.Skip("devtest: TEST_REDIS_URL is set, so this test, which needs a private Redis server to stop, does not run")
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), startTimeout)
-	defer cancel()
-	r, err := devstack.StartRedis(ctx, devstack.RedisOptions{})
-	if err != nil {
-		t.Fatalf("devtest: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := r.Stop(); err != nil {
-			t.Errorf("devtest: %v", err)
-		}
+	skipWithExternal(t, "TEST_REDIS_URL", "a private Redis server to stop")
+	return own(t, func(ctx context.Context) (*devstack.Redis, error) {
+		return devstack.StartRedis(ctx, devstack.RedisOptions{})
 	})
-	return r
 }
 
 // claimRedisDB claims a logical database of the server at rawURL for t, flushes it, and returns its URL.
