@@ -26,7 +26,7 @@ func FuzzValidateSession(f *testing.F) {
 	known := h.addSession(u, session{})
 	// The insert's notification leaves a tombstone in Redis; let it land
 	// before counting keys.
-	tomb := tiers.TombPrefix + "n:" + tiers.TokenHash(known.token)
+	tomb := tiers.NewSessionTombKey(tiers.TokenKey(known.token))
 	deadline := time.Now().Add(10 * time.Second)
 	for n, _ := h.redis.Do(f.Context(), h.redis.B().Exists().Key(tomb).Build()).AsInt64(); n == 0; n, _ = h.redis.Do(f.Context(), h.redis.B().Exists().Key(tomb).Build()).AsInt64() {
 		if time.Now().After(deadline) {

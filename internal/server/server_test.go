@@ -411,7 +411,7 @@ func TestBadInputIsRefusedAndWritesNothing(t *testing.T) {
 	keys, err := h.redis.Do(t.Context(), h.redis.B().Keys().Pattern("*").Build()).AsStrSlice()
 	for _, k := range keys {
 		switch k {
-		case tiers.GenKey, tiers.FenceKey, tiers.CoveredKey: // the fence's own, written whatever the traffic
+		case tiers.GenKey, tiers.NodesKey, tiers.CoveredKey: // the fence's own, written whatever the traffic
 		default:
 			t.Errorf("redis holds %q after malformed tokens, want nothing but the fence's keys", k)
 		}

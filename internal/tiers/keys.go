@@ -86,6 +86,10 @@ func RowKey(stored string, storage TokenStorage) string {
 func tagOf(entryKey string) string { return strings.TrimPrefix(entryKey, KeyPrefix) }
 
 func tombKey(entryKey string) string    { return tombPrefix + tagOf(entryKey) }
+
+// NewSessionTombKey is the key that records when a session was last created
+// with the token of entryKey (tests wait for it).
+func NewSessionTombKey(entryKey string) string { return newTombKey(entryKey) }
 func newTombKey(entryKey string) string { return newTombPrefix + tagOf(entryKey) }
 func userKey(userID string) string      { return userPrefix + "{" + userID + "}" }
 func userTombKey(userID string) string  { return userTomb + "{" + userID + "}" }

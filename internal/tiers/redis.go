@@ -73,6 +73,11 @@ func ClientOption(url string, o RedisOptions, f *Fence) (rueidis.ClientOption, e
 		opt.Dialer.Timeout = o.DialTimeout
 	}
 	opt.ClientName = "sessiond"
+	if opt.Sentinel.MasterSet != "" {
+		// Sentinel topology is otherwise followed only through +switch-master
+		// events; one missed event would pin the client to a demoted master.
+		opt.Sentinel.TopologyRefreshInterval = 5 * time.Second
+	}
 	if f != nil {
 		dial := opt.DialCtxFn
 		opt.DialCtxFn = func(ctx context.Context, dst string, d *net.Dialer, cfg *tls.Config) (net.Conn, error) {
