@@ -33,9 +33,15 @@ run: deps $(GRPCURL) ## start throwaway Postgres + Redis (unless DATABASE_URL/RE
 test: deps lint check-generate ## everything CI checks: lint, generated code up to date, unit and integration tests
 	$(GO) test -race -count=1 -timeout 20m ./...
 
+# The integration suite that must pass on every Redis engine: validation,
+# warming, revocation across instances, activity, InvalidateSessions.
+ENGINE_SUITE := TestValidateSession|TestCachedAnswers|TestWarm|TestRevocation|TestThreeInstances|TestInvalidateSessionsRPC|TestActivity|TestNegativeCache|TestRawToken|TestEntryFromRow|TestEveryTimestamp|TestBadInput|TestRedisEntryTTL
+
 .PHONY: test-engines
-test-engines: deps ## the engines production runs on: Redis Cluster, Redis Sentinel, Postgres primary + replica (~20 s)
+test-engines: deps ## the engines production runs on: the integration suite on a 3-master Redis Cluster and through Sentinel, and the engines themselves (~4 min)
 	$(GO) test -race -count=1 -timeout 10m -run 'Cluster|Sentinel|Pair' ./internal/devstack/...
+	SESSIOND_TEST_REDIS=cluster $(GO) test -race -count=1 -timeout 15m -run '$(ENGINE_SUITE)' ./internal/server/
+	SESSIOND_TEST_REDIS=sentinel $(GO) test -race -count=1 -timeout 15m -run '$(ENGINE_SUITE)' ./internal/server/
 
 .PHONY: test-short
 test-short: ## the tests alone, without lint or generation checks

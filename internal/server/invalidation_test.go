@@ -348,3 +348,92 @@ func TestHalfOpenRedisStopsLocalAnswers(t *testing.T) {
 		t.Errorf("local answers went on for %v, past the %v bound", lastLocal, bound)
 	}
 }
+
+// coherence bounds how long after a revocation committed an instance under
+// load may still answer valid: revocations reach every instance in about a
+// millisecond (BenchmarkRevocationLatency); this leaves a loaded CI machine
+// room without waiting for any TTL.
+const coherence = time.Second
+
+// Three instances share Redis (a cluster under `make test-engines`) and
+// Postgres and answer a steady load spread over all of them, the way a load
+// balancer in front of them would. Sessions are revoked in every way while
+// the load runs: no answer given after a revocation's propagation bound may
+// say valid, on any instance, and the sessions left alone keep validating.
+func TestThreeInstancesStayCoherentUnderLoad(t *testing.T) {
+	dbURL, redisURL := devtest.Database(t), devtest.RedisURL(t)
+	hs := []*harness{start(t, dbURL, redisURL), start(t, dbURL, redisURL), start(t, dbURL, redisURL)}
+	a := hs[0]
+	type victim struct {
+		s       session
+		revoked atomic.Int64 // Unix ns when the revocation committed; 0 while valid
+	}
+	var victims []*victim
+	var users []user
+	for range 30 {
+		u := a.addUser(user{})
+		users = append(users, u)
+		victims = append(victims, &victim{s: a.addSession(u, session{})})
+	}
+	keep := a.addSession(a.addUser(user{}), session{})
+	for _, v := range victims {
+		localOn(t, v.s.token, hs...)
+	}
+
+	ctx, stop := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	var answers, late atomic.Int64
+	var firstLate atomic.Value
+	for w := range 6 {
+		wg.Go(func() {
+			for i := w; ctx.Err() == nil; i++ {
+				h := hs[i%len(hs)]
+				v := victims[i%len(victims)]
+				sent := time.Now()
+				r, err := h.validate(v.s.token)
+				if err != nil {
+					if ctx.Err() == nil {
+						t.Errorf("ValidateSession: %v", err)
+					}
+					return
+				}
+				answers.Add(1)
+				if rv := v.revoked.Load(); r.GetValid() && rv != 0 && sent.Sub(time.Unix(0, rv)) > coherence {
+					late.Add(1)
+					firstLate.CompareAndSwap(nil, fmt.Sprintf("instance %d, session %s: valid %s after its revocation",
+						i%len(hs), v.s.id, sent.Sub(time.Unix(0, rv))))
+				}
+				if r2, err := h.validate(keep.token); err == nil && !r2.GetValid() {
+					t.Errorf("a session nobody touched answered %v", r2.GetReason())
+				}
+			}
+		})
+	}
+	for i, v := range victims {
+		switch i % 3 {
+		case 0:
+			a.exec(`DELETE FROM platform.user_sessions WHERE id = $1`, v.s.id)
+		case 1:
+			a.exec(`UPDATE platform.users SET banned_until = now() + interval '1 day' WHERE id = $1`, users[i].id)
+		case 2:
+			a.exec(`UPDATE platform.users SET deleted_at = now() WHERE id = $1`, users[i].id)
+		}
+		v.revoked.Store(time.Now().UnixNano())
+	}
+	for _, v := range victims {
+		for _, h := range hs {
+			eventually(t, propagation, func() error {
+				if h.mustValidate(v.s.token).GetValid() {
+					return errors.New("still valid")
+				}
+				return nil
+			})
+		}
+	}
+	stop()
+	wg.Wait()
+	if late.Load() != 0 {
+		t.Errorf("%d of %d answers valid more than %s after the revocation; first: %v", late.Load(), answers.Load(), coherence, firstLate.Load())
+	}
+	t.Logf("%d answers checked", answers.Load())
+}

@@ -57,12 +57,23 @@ func (h *harness) mustWarm(req *sessiondv1.WarmCacheRequest) []*sessiondv1.WarmC
 
 func (h *harness) cachedKeys() []string {
 	h.t.Helper()
-	keys, err := h.redis.Do(h.t.Context(), h.redis.B().Keys().Pattern(tiers.KeyPrefix+"*").Build()).AsStrSlice()
-	if err != nil {
-		h.t.Fatal(err)
+	return h.keys(tiers.KeyPrefix + "*")
+}
+
+// keys lists the keys matching pattern on every node (a cluster's keys are
+// spread over its masters).
+func (h *harness) keys(pattern string) []string {
+	h.t.Helper()
+	var all []string
+	for _, n := range h.redis.Nodes() {
+		keys, err := n.Do(h.t.Context(), n.B().Keys().Pattern(pattern).Build()).AsStrSlice()
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		all = append(all, keys...)
 	}
-	slices.Sort(keys)
-	return keys
+	slices.Sort(all)
+	return slices.Compact(all)
 }
 
 func keyOf(s session) string { return tiers.Key(tiers.TokenHash(s.token)) }

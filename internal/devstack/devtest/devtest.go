@@ -140,7 +140,7 @@ func randomHex(n int) string {
 // RedisURL returns the URL of an empty Redis database for t alone. Without TEST_REDIS_URL that is a new
 // private server (it starts in milliseconds), stopped when t ends. With TEST_REDIS_URL it is a logical database
 // of that server, redis://host:port/N, claimed for t (see below) and flushed first; the claim is released when
-// t ends.
+// t ends. With SESSIOND_TEST_REDIS (RedisEngineEnv) set to cluster or sentinel, it is a new private engine of that kind.
 //
 // Claims are keys devtest:db:N in the database TEST_REDIS_URL names (0 by default), set with NX and a
 // 30-minute expiry, so concurrent test binaries never share N; tests wait for a free N for up to a minute.
@@ -148,6 +148,15 @@ func randomHex(n int) string {
 // invalidations need a private server: leave TEST_REDIS_URL unset.
 func RedisURL(t testing.TB) string {
 	t.Helper()
+	switch e := os.Getenv(RedisEngineEnv); e {
+	case "", "single":
+	case "cluster":
+		return RedisCluster(t).URL()
+	case "sentinel":
+		return RedisSentinel(t).URL()
+	default:
+		t.Fatalf("devtest: %s=%q: want single, cluster or sentinel", RedisEngineEnv, e)
+	}
 	if ext := os.Getenv("TEST_REDIS_URL"); ext != "" {
 		u, err := claimRedisDB(t, ext)
 		if err != nil {
@@ -157,6 +166,12 @@ func RedisURL(t testing.TB) string {
 	}
 	return OwnRedis(t).URL()
 }
+
+// RedisEngineEnv names the Redis engine RedisURL starts for each test:
+// "single" (the default), "cluster" (three masters) or "sentinel" (a master,
+// a replica and a sentinel). `make test-engines` runs the integration suite
+// on each.
+const RedisEngineEnv = "SESSIOND_TEST_REDIS"
 
 // OwnPostgres starts a private Postgres server for tests that stop or kill it, and stops it when t ends.
 // It skips t when TEST_DATABASE_URL is set: those runs use external servers only.
