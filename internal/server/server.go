@@ -111,8 +111,11 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 			Timeout:   cfg.PostgresTimeout,
 			// An invalidation must outlive every read that could predate it
 			// and still be written: a whole warming run at the longest.
-			TombstoneTTL:    cfg.WarmTimeout + cfg.PostgresTimeout + 10*time.Second,
-			TombstoneMargin: time.Second,
+			TombstoneTTL: cfg.WarmTimeout + cfg.PostgresTimeout + 10*time.Second,
+			// A user's invalidation must outlive every entry written from
+			// data read before it.
+			UserTombstoneTTL: cfg.CacheTTL + cfg.WarmTimeout + cfg.PostgresTimeout + 10*time.Second,
+			TombstoneMargin:  time.Second,
 			// Redis's invalidation message arrives in milliseconds on a live
 			// connection, and a dead one is dropped (with its local copies)
 			// within 1.25 × RedisConnTimeout.

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -229,7 +230,7 @@ func TestWarmedEntryEqualsFilledEntry(t *testing.T) {
 	}
 }
 
-// entry returns a cached entry's bytes (in hex) and its expiry, rounded to
+// entry returns a cached entry's record and its expiry, rounded to
 // seconds.
 func (h *harness) entry(key string) string {
 	h.t.Helper()
@@ -237,11 +238,19 @@ func (h *harness) entry(key string) string {
 	if err != nil || len(v) == 0 {
 		h.t.Fatalf("no entry under %s: %v", key, err)
 	}
+	rec, _, err := tiers.EntryRecord(v)
+	if err != nil {
+		h.t.Fatal(err)
+	}
 	pttl, err := h.redis.Do(h.t.Context(), h.redis.B().Pttl().Key(key).Build()).AsInt64()
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	return fmt.Sprintf("%x (ttl %d s)", v, (pttl+500)/1000)
+	j, err := json.Marshal(rec) // pointers rendered as their values
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return fmt.Sprintf("%s (ttl %d s)", j, (pttl+500)/1000)
 }
 
 func TestWarmFilters(t *testing.T) {

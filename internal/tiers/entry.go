@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"golang.org/x/net/http2/hpack"
 )
 
 // An entry is one Redis string per token: a compact binary record, read
@@ -15,12 +17,19 @@ import (
 //
 //	byte     version<<4 | kind       kind 0: a session, 1: "no such session"
 //	uvarint  generation              believed only while it is the current one
+//	uvarint  read start              Unix ms before the data was read from Postgres:
+//	                                 believed only while no invalidation of its user is younger
 //	-- a session only --
 //	id       session id              see appendID
 //	id       user id
 //	time ×3  expires_at, last_activity_at, created_at    see appendTime
 //	time ×2  deleted_at, banned_until
 //	str ×6   email, ip_address, user_agent, first_name, last_name, username    see appendStr
+//
+// Strings that HPACK's Huffman code (the one HTTP/2 uses for header values
+// such as User-Agent) makes shorter are stored so: a typical user agent
+// shrinks by a third, and the value's size decides the allocation class
+// Redis keeps it in.
 //
 // The version is in every value and the key prefix is new to this layout
 // (see Key), so entries of another layout are never misread: an older
@@ -36,15 +45,16 @@ const (
 // errEntry is wrapped by every decoding error.
 var errEntry = errors.New("malformed cache entry")
 
-// encodeEntry appends the entry of rec (nil: a negative entry) written in
-// generation gen.
-func encodeEntry(dst []byte, gen int64, rec *Record) []byte {
+// encodeEntry appends the entry of rec (nil: a negative entry) read at
+// readStart and written in generation gen.
+func encodeEntry(dst []byte, gen int64, readStart time.Time, rec *Record) []byte {
 	kind := byte(kindSession)
 	if rec == nil {
 		kind = kindNegative
 	}
 	dst = append(dst, entryVersion<<4|kind)
 	dst = binary.AppendUvarint(dst, uint64(gen))
+	dst = binary.AppendUvarint(dst, uint64(max(readStart.UnixMilli(), 0)))
 	if rec == nil {
 		return dst
 	}
@@ -62,24 +72,34 @@ func encodeEntry(dst []byte, gen int64, rec *Record) []byte {
 	return dst
 }
 
-// decodeEntry reads an entry: its generation, and the record (nil for a
-// negative entry).
-func decodeEntry(b []byte) (gen int64, rec *Record, err error) {
+// entryHead is what every entry starts with.
+type entryHead struct {
+	gen       int64
+	readStart int64 // Unix ms
+}
+
+// decodeEntry reads an entry: its head, and the record (nil for a negative
+// entry).
+func decodeEntry(b []byte) (h entryHead, rec *Record, err error) {
 	d := decoder{b: b}
 	head := d.byte()
 	if d.err == nil && head>>4 != entryVersion {
-		return 0, nil, fmt.Errorf("%w: version %d", errEntry, head>>4)
+		return h, nil, fmt.Errorf("%w: version %d", errEntry, head>>4)
 	}
-	gen = int64(d.uvarint())
+	h.gen = int64(d.uvarint())
+	h.readStart = int64(d.uvarint())
 	if d.err != nil {
-		return 0, nil, d.err
+		return entryHead{}, nil, d.err
 	}
 	switch head & 0x0f {
 	case kindNegative:
-		return gen, nil, nil
+		if len(d.b) != 0 {
+			return entryHead{}, nil, fmt.Errorf("%w: %d bytes left over", errEntry, len(d.b))
+		}
+		return h, nil, nil
 	case kindSession:
 	default:
-		return 0, nil, fmt.Errorf("%w: kind %d", errEntry, head&0x0f)
+		return entryHead{}, nil, fmt.Errorf("%w: kind %d", errEntry, head&0x0f)
 	}
 	r := &Record{ID: d.id(), UserID: d.id()}
 	r.ExpiresAt = d.time()
@@ -98,9 +118,16 @@ func decodeEntry(b []byte) (gen int64, rec *Record, err error) {
 		d.err = fmt.Errorf("%w: no session or user id", errEntry)
 	}
 	if d.err != nil {
-		return 0, nil, d.err
+		return entryHead{}, nil, d.err
 	}
-	return gen, r, nil
+	return h, r, nil
+}
+
+// EntryRecord decodes an entry's bytes as Redis holds them (for tools and
+// tests): the record, or nil and negative=true for "no such session".
+func EntryRecord(b []byte) (rec *Record, negative bool, err error) {
+	_, rec, err = decodeEntry(b)
+	return rec, err == nil && rec == nil, err
 }
 
 // isNegativeEntry tells a negative entry by its first byte, as the drop
@@ -190,12 +217,17 @@ var (
 	maxMicro = time.UnixMicro(math.MaxInt64).UTC()
 )
 
-// A string is uvarint(length+1) and its bytes; 0 is NULL.
+// A string is uvarint(2·length+huffman+1) and its bytes, length being that
+// of the bytes stored; 0 is NULL.
 func appendStr(dst []byte, s *string) []byte {
 	if s == nil {
 		return append(dst, 0)
 	}
-	dst = binary.AppendUvarint(dst, uint64(len(*s))+1)
+	if n := hpack.HuffmanEncodeLength(*s); n < uint64(len(*s)) {
+		dst = binary.AppendUvarint(dst, 2*n+1+1)
+		return hpack.AppendHuffmanString(dst, *s)
+	}
+	dst = binary.AppendUvarint(dst, 2*uint64(len(*s))+1)
 	return append(dst, *s...)
 }
 
@@ -274,11 +306,22 @@ func (d *decoder) str() *string {
 	if n == 0 || d.err != nil {
 		return nil
 	}
-	if n-1 > uint64(len(d.b)) {
+	n--
+	huffman, size := n&1 == 1, n>>1
+	if size > uint64(len(d.b)) {
 		d.fail("string")
 		return nil
 	}
-	s := string(d.bytes(int(n - 1)))
+	b := d.bytes(int(size))
+	if !huffman {
+		s := string(b)
+		return &s
+	}
+	s, err := hpack.HuffmanDecodeToString(b)
+	if err != nil {
+		d.fail("huffman string")
+		return nil
+	}
 	return &s
 }
 

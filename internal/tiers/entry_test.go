@@ -21,10 +21,10 @@ func TestEntryRoundTrip(t *testing.T) {
 		{"before 1970 and NULLs", &Record{ID: "a", UserID: "b", ExpiresAt: time.Date(1900, 1, 1, 0, 0, 0, 1000, time.UTC)}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			b := encodeEntry(nil, 12345, tt.rec)
-			g, got, err := decodeEntry(b)
-			if err != nil || g != 12345 || !equalRecords(got, tt.rec) {
-				t.Errorf("round trip: gen %d %+v %v; want %+v", g, got, err, tt.rec)
+			b := encodeEntry(nil, 12345, now, tt.rec)
+			h, got, err := decodeEntry(b)
+			if err != nil || h.gen != 12345 || h.readStart != now.UnixMilli() || !equalRecords(got, tt.rec) {
+				t.Errorf("round trip: %+v %+v %v; want %+v", h, got, err, tt.rec)
 			}
 			if isNegativeEntry(b) != (tt.rec == nil) {
 				t.Error("isNegativeEntry is wrong")
@@ -43,15 +43,15 @@ func TestEntryRoundTrip(t *testing.T) {
 // never panics; and a record re-encodes to the same bytes.
 func FuzzDecodeEntry(f *testing.F) {
 	now := time.Now()
-	f.Add(encodeEntry(nil, 1, &Record{ID: "0d4f4a5e-8d0c-4b0e-9a57-3e1f7b2c9d10", UserID: "u", ExpiresAt: now, BannedUntil: ptrTime(NegInfinity)}))
-	f.Add(encodeEntry(nil, 3, nil))
+	f.Add(encodeEntry(nil, 1, now, &Record{ID: "0d4f4a5e-8d0c-4b0e-9a57-3e1f7b2c9d10", UserID: "u", ExpiresAt: now, BannedUntil: ptrTime(NegInfinity)}))
+	f.Add(encodeEntry(nil, 3, now, nil))
 	f.Add([]byte{0x10, 0xff})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		g, rec, err := decodeEntry(b)
+		h, rec, err := decodeEntry(b)
 		if err != nil {
 			return
 		}
-		if again := encodeEntry(nil, g, rec); string(again) != string(b) {
+		if again := encodeEntry(nil, h.gen, time.UnixMilli(h.readStart), rec); string(again) != string(b) {
 			// Varints have one canonical form; anything else must not
 			// decode to a record that encodes differently... unless the
 			// input used a non-minimal encoding, which decodes the same.

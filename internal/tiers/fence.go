@@ -109,6 +109,10 @@ type FenceOptions struct {
 	// TombstoneTTL is how long an invalidation refuses writes of data read
 	// before it: longer than any read-then-write can take (a warming run).
 	TombstoneTTL time.Duration
+	// UserTombstoneTTL is how long a user's invalidation makes reads
+	// disbelieve the user's entries written before it: as long as such an
+	// entry may live (the cache TTL) plus TombstoneTTL.
+	UserTombstoneTTL time.Duration
 	// TombstoneMargin widens each tombstone back in time, for clock skew
 	// between the instance that invalidates and the one that writes.
 	TombstoneMargin time.Duration
@@ -417,18 +421,14 @@ type Batch struct {
 func (b Batch) Len() int { return len(b.Users) + len(b.Keys) + len(b.NewKeys) }
 
 // dropUsersScript, in one user's slot (or several users' on a Redis that is
-// not a cluster): for each user, a tombstone, and the user's index taken
-// and deleted. Returns the entry keys of every index.
+// not a cluster): each user's tombstone, which every read of one of the
+// user's entries checks (see Redis.Get). It lives as long as an entry
+// written before it may (UserTombstoneTTL).
 //
-// KEYS: per user (index, tombstone). ARGV: now (ms), tombstone TTL (ms).
+// KEYS: user tombstones. ARGV: now (ms), tombstone TTL (ms).
 var dropUsersScript = newScript(`
-local out = {}
-for i = 1, #KEYS, 2 do
-  redis.call('SET', KEYS[i + 1], ARGV[1], 'PX', ARGV[2])
-  for _, k in ipairs(redis.call('SMEMBERS', KEYS[i])) do out[#out + 1] = k end
-  redis.call('DEL', KEYS[i])
-end
-return out`)
+for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2]) end
+return #KEYS`)
 
 // dropKeysScript, in one entry's slot (or several): for each key, a
 // tombstone, and the entry deleted; for a new key, only a negative entry.
@@ -451,13 +451,14 @@ return n`)
 // hold Redis for long.
 const maxCall = 1000
 
-// Apply drops what b names from Redis, leaving tombstones that refuse writes
-// of data read before now, and makes this instance distrust its local copies
-// of them for LocalTombstoneTTL. It returns how many entries it deleted. A
-// user's entries are dropped in two steps (see indexScript): the user's
-// tombstone and index first, then each entry with its own tombstone. When
-// it fails, the loss is recorded (NoteLoss): nothing cached is believed until
-// a bump.
+// Apply drops what b names from Redis and makes this instance distrust its
+// local copies of them for LocalTombstoneTTL. A token's entry is deleted, and
+// its tombstone refuses writes of data read before now; a user's entries
+// are not looked for: the user's tombstone makes every read disbelieve an
+// entry read from Postgres before it, on every instance (Redis tells each
+// one that cached the tombstone's absence). It returns how many entries it
+// deleted plus how many users it invalidated. When it fails, the loss is
+// recorded (NoteLoss): nothing cached is believed until a bump.
 func (f *Fence) Apply(ctx context.Context, b Batch) (int64, error) {
 	if b.Len() == 0 {
 		return 0, nil
@@ -488,51 +489,50 @@ func (f *Fence) apply(ctx context.Context, b Batch) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.opts.Timeout)
 	defer cancel()
 	d := f.newDrop(c)
-	members, err := d.users(ctx, b.Users)
+	users, err := d.users(ctx, b.Users)
 	if err != nil {
 		return 0, err
 	}
-	n, err := d.keys(ctx, append(slices.Clone(b.Keys), members...), b.NewKeys)
-	f.invalidations.Add(n)
-	return n, err
+	n, err := d.keys(ctx, b.Keys, b.NewKeys)
+	f.invalidations.Add(n + users)
+	return n + users, err
 }
 
 // drop runs the two steps of Apply.
 type drop struct {
-	c        rueidis.Client
-	cluster  bool
-	now, ttl string
+	c                 rueidis.Client
+	cluster           bool
+	now, ttl, userTTL string
 }
 
 func (f *Fence) newDrop(c rueidis.Client) drop {
 	return drop{c: c, cluster: c.Mode() == rueidis.ClientModeCluster,
-		now: strconv.FormatInt(time.Now().UnixMilli(), 10), ttl: strconv.FormatInt(f.opts.TombstoneTTL.Milliseconds(), 10)}
+		now: strconv.FormatInt(time.Now().UnixMilli(), 10), ttl: strconv.FormatInt(f.opts.TombstoneTTL.Milliseconds(), 10),
+		userTTL: strconv.FormatInt(f.opts.UserTombstoneTTL.Milliseconds(), 10)}
 }
 
-// users sets the users' tombstones and takes their indexes: step 1 of a
-// user-level drop. It returns the entry keys the indexes held.
-func (d drop) users(ctx context.Context, users []string) ([]string, error) {
+// users sets the users' tombstones. It returns how many.
+func (d drop) users(ctx context.Context, users []string) (int64, error) {
 	if len(users) == 0 {
-		return nil, nil
+		return 0, nil
 	}
-	g := newGroups(d.cluster, d.now, d.ttl)
+	g := newGroups(d.cluster, d.now, d.userTTL)
 	for _, u := range users {
-		g.add("{"+u+"}", nil, userKey(u), userTombKey(u))
+		g.add("{"+u+"}", nil, userTombKey(u))
 	}
-	var keys []string
+	var n int64
 	for _, r := range dropUsersScript.execMulti(ctx, d.c, g.execs()) {
-		members, err := r.AsStrSlice()
+		k, err := r.AsInt64()
 		if err != nil {
-			return nil, fmt.Errorf("redis invalidate users: %w", err)
+			return n, fmt.Errorf("redis invalidate users: %w", err)
 		}
-		keys = append(keys, members...)
+		n += k
 	}
-	return keys, nil
+	return n, nil
 }
 
 // keys sets the keys' tombstones and deletes their entries (of newKeys,
-// only negative ones): step 2 of a user-level drop, and all of a key-level
-// one. It returns how many entries it deleted.
+// only negative ones). It returns how many entries it deleted.
 func (d drop) keys(ctx context.Context, keys, newKeys []string) (int64, error) {
 	g := newGroups(d.cluster, d.now, d.ttl)
 	for _, k := range keys {
@@ -553,41 +553,65 @@ func (d drop) keys(ctx context.Context, keys, newKeys []string) (int64, error) {
 }
 
 // groups gathers script calls by slot (one group on a Redis that is not a
-// cluster), each call at most maxCall keys.
+// cluster), each call at most maxCall keys, and remembers which of the
+// caller's entries each call carries.
 type groups struct {
 	cluster bool
+	max     int // keys per call
 	head    []string
-	open    map[string]*rueidis.LuaExec
-	done    []rueidis.LuaExec
+	open    map[string]*group
+	done    []*group
+}
+
+type group struct {
+	exec rueidis.LuaExec
+	ids  []int
 }
 
 func newGroups(cluster bool, head ...string) *groups {
-	return &groups{cluster: cluster, head: head, open: map[string]*rueidis.LuaExec{}}
+	return &groups{cluster: cluster, max: maxCall, head: head, open: map[string]*group{}}
 }
 
-func (g *groups) add(tag string, args []string, keys ...string) {
+func (g *groups) add(tag string, args []string, keys ...string) { g.addEntry(tag, -1, args, keys...) }
+
+// addEntry adds the keys and arguments of the caller's entry id to the call
+// of tag's slot.
+func (g *groups) addEntry(tag string, id int, args []string, keys ...string) {
 	if !g.cluster {
 		tag = ""
 	}
 	e := g.open[tag]
 	if e == nil {
-		e = &rueidis.LuaExec{Args: slices.Clone(g.head)}
+		e = &group{exec: rueidis.LuaExec{Args: slices.Clone(g.head)}}
 		g.open[tag] = e
 	}
-	e.Keys = append(e.Keys, keys...)
-	e.Args = append(e.Args, args...)
-	if len(e.Keys) >= maxCall {
-		g.done = append(g.done, *e)
+	e.exec.Keys = append(e.exec.Keys, keys...)
+	e.exec.Args = append(e.exec.Args, args...)
+	e.ids = append(e.ids, id)
+	if len(e.exec.Keys) >= g.max {
+		g.done = append(g.done, e)
 		delete(g.open, tag)
 	}
 }
 
 func (g *groups) execs() []rueidis.LuaExec {
+	execs, _ := g.execsWithEntries()
+	return execs
+}
+
+// execsWithEntries closes every call and returns them with the entries each
+// carries.
+func (g *groups) execsWithEntries() ([]rueidis.LuaExec, [][]int) {
 	for _, e := range g.open {
-		g.done = append(g.done, *e)
+		g.done = append(g.done, e)
 	}
-	g.open = map[string]*rueidis.LuaExec{}
-	return g.done
+	g.open = map[string]*group{}
+	execs := make([]rueidis.LuaExec, len(g.done))
+	ids := make([][]int, len(g.done))
+	for i, e := range g.done {
+		execs[i], ids[i] = e.exec, e.ids
+	}
+	return execs, ids
 }
 
 // Coverage returns the shared coverage (see CoveredKey): 0 when none.

@@ -13,20 +13,20 @@ import (
 
 // The Redis layout. Every key carries a hash tag, so that what one script
 // touches at once shares a slot in a Redis Cluster; what must change in
-// order across slots is ordered by the protocol (see Redis.SetMany and
+// order across slots is checked on read instead (see Redis.Get and
 // Fence.Apply, and the README's protocol section):
 //
 //	s:{T}                   the entry of the token whose SHA-256 is T (an entry: see entry.go)
 //	t:{T}                   when the token was last invalidated (Unix ms of the invalidating instance)
 //	n:{T}                   when a session was last created with the token
-//	u:{U}                   the set of entry keys of user U's cached sessions (the user's index)
-//	ut:{U}                  when user U was last invalidated
+//	ut:{U}                  when user U was last invalidated (Unix ms): every read of an entry of U
+//	                        read from Postgres before it disbelieves it
 //	sessiond:{fence}:gen     the cache generation
 //	sessiond:{fence}:nodes   the run_id of every Redis master whose dataset was verified
 //	sessiond:{fence}:covered the shared coverage (see Fence.AdvanceCoverage)
 //
 // T is the digest in unpadded base64url (43 characters, not the 64 of hex:
-// keys and index members are the bulk of the memory), U the user id as
+// keys are a good part of the memory), U the user id as
 // Postgres gives it. An earlier sessiond's keys (session:<hex>, hashes) are
 // never read: the layouts do not share a key.
 const (
@@ -34,7 +34,6 @@ const (
 	KeyPrefix     = "s:"
 	tombPrefix    = "t:"
 	newTombPrefix = "n:"
-	userPrefix    = "u:"
 	userTomb      = "ut:"
 
 	GenKey     = "sessiond:{fence}:gen"
@@ -85,14 +84,13 @@ func RowKey(stored string, storage TokenStorage) string {
 // tagOf is the hash tag part of an entry key, "{T}".
 func tagOf(entryKey string) string { return strings.TrimPrefix(entryKey, KeyPrefix) }
 
-func tombKey(entryKey string) string    { return tombPrefix + tagOf(entryKey) }
+func tombKey(entryKey string) string { return tombPrefix + tagOf(entryKey) }
 
 // NewSessionTombKey is the key that records when a session was last created
 // with the token of entryKey (tests wait for it).
 func NewSessionTombKey(entryKey string) string { return newTombKey(entryKey) }
-func newTombKey(entryKey string) string { return newTombPrefix + tagOf(entryKey) }
-func userKey(userID string) string      { return userPrefix + "{" + userID + "}" }
-func userTombKey(userID string) string  { return userTomb + "{" + userID + "}" }
+func newTombKey(entryKey string) string        { return newTombPrefix + tagOf(entryKey) }
+func userTombKey(userID string) string         { return userTomb + "{" + userID + "}" }
 
 // script is a Lua script run many times in one round trip, one call per
 // slot (rueidis's ExecMulti loads the script on every node before each

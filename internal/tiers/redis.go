@@ -187,53 +187,20 @@ func (r *Redis) Close() {
 	}
 }
 
-// Cross-slot writes are ordered so that no interleaving with a drop lets a
-// write of data read before an invalidation survive (see SetMany):
+// entryScript writes entries, each unless its data may predate an
+// invalidation of its token: the token's tombstone (or, for a negative
+// entry, the tombstone of a session created with the token) is younger than
+// the read start, less a margin for clock skew between instances. An entry
+// and its tombstones share a hash tag, so this works one slot at a time on a
+// cluster. A user-level invalidation is not checked here: it is a
+// tombstone in the user's own slot, which every read checks (see Get), so
+// no write needs to reach across slots. One entry whose key Redis refuses (a
+// key of another type) fails alone, not its batch.
 //
-//  1. indexScript, in the user's slot: unless the user was invalidated
-//     after the read (its tombstone is younger than the read start, less a
-//     margin for clock skew), the entry key joins the user's index; the
-//     index lives as long as its longest entry.
-//  2. entryScript, in the entry's slot: unless the token was invalidated
-//     after the read (and, for a negative entry, unless a session was created
-//     with it since), the entry is written, expiring at an absolute time.
-//
-// A user-level drop sets the user's tombstone and takes the index in one
-// script, then, in each entry's slot, sets the entry's tombstone and deletes
-// it. So a fill whose step 1 comes after the drop's first script is refused
-// there; one whose step 1 came before is in the index the drop took, so its
-// step 2 is refused by the entry's tombstone, or comes before it and is
-// deleted by it.
-//
-// Both scripts carry many entries per call; one entry whose key Redis
-// refuses (a key of another type, say) fails alone (-1), not its batch.
-//
-// indexScript KEYS: per entry (user index, user tombstone). ARGV: limit
-// (ms), then per entry: entry key, expire at (ms). Returns 1 (go on), 0
-// (refused) or -1 (failed) per entry.
-var indexScript = newScript(`
-local limit, out = tonumber(ARGV[1]), {}
-for i = 1, #KEYS / 2 do
-  local t = redis.call('GET', KEYS[2 * i])
-  if t and tonumber(t) >= limit then
-    out[i] = 0
-  else
-    local idx, exp = KEYS[2 * i - 1], ARGV[2 * i + 1]
-    local r = redis.pcall('SADD', idx, ARGV[2 * i])
-    if type(r) == 'table' and r.err then
-      out[i] = -1
-    else
-      if redis.call('PEXPIREAT', idx, exp, 'GT') == 0 then redis.call('PEXPIREAT', idx, exp, 'NX') end
-      out[i] = 1
-    end
-  end
-end
-return out`)
-
-// entryScript KEYS: per entry (entry, token tombstone, new-session
-// tombstone, or the token tombstone again for a session: a session is not
-// held back by its token's creation). ARGV: limit (ms), then per
-// entry: expire at (ms), value. Returns 1 (written) or 0 (refused) per entry.
+// KEYS: per entry (entry, token tombstone, new-session tombstone, or the
+// token tombstone again for a session: a session is not held back by its
+// token's creation). ARGV: limit (ms), then per entry: expire at (ms),
+// value. Returns 1 (written), 0 (refused) or -1 (failed) per entry.
 var entryScript = newScript(`
 local limit, out = tonumber(ARGV[1]), {}
 for i = 1, #KEYS / 3 do
@@ -264,6 +231,8 @@ type Lookup struct {
 	// Gen is the cache generation at the time of the read: a write of what
 	// is read from Postgres next must carry it (see Stamp).
 	Gen int64
+
+	readStart int64 // of the entry (Unix ms)
 }
 
 // Found reports whether the cache had an answer (an entry or a negative).
@@ -309,12 +278,13 @@ func (r *Redis) AwaitTrust(ctx context.Context, d time.Duration) bool {
 // believed while the fence does not trust Redis (checked before the read,
 // and after it, since the read may have crossed a new connection): that is a
 // miss marked Distrusted, without a round trip when known before. An entry
-// of another generation is not believed (a miss). A local answer for a key
-// or user that this instance invalidated within the last LocalTombstoneTTL
-// is not believed either: Redis delivers the client-side invalidation after
-// the reply to the DEL, so the local copy may still be the old one; such
-// reads go to Redis itself. A Redis failure, or an entry that cannot be
-// decoded, is an error; callers treat it as a miss.
+// of another generation, or read from Postgres before its user was last
+// invalidated, is not believed (a miss). A local answer for a token or user
+// that this instance invalidated within the last LocalTombstoneTTL is
+// checked with Redis itself: Redis delivers the client-side invalidation
+// after the reply to the write, so the local copy may still be the old one.
+// A Redis failure, or an entry that cannot be decoded, is an error; callers
+// treat it as a miss.
 func (r *Redis) Get(ctx context.Context, key string) (Lookup, error) {
 	f := r.fence
 	if !f.Trusted() {
@@ -331,21 +301,24 @@ func (r *Redis) Get(ctx context.Context, key string) (Lookup, error) {
 		rueidis.CT(c.B().Get().Key(key).Cache(), r.opts.TTL),
 		rueidis.CT(c.B().Get().Key(GenKey).Cache(), r.opts.TTL))
 	l, err := r.decodeLookup(key, resps[0], resps[1])
-	if !f.Trusted() {
-		return Lookup{Gen: f.Floor(), Distrusted: true}, nil
+	if err == nil && l.Local && (!l.Found() || f.tombs.active(key, l)) {
+		// Two kinds of local answer are checked with Redis itself:
+		// "nothing cached" (the local copy of an absent key may predate a
+		// fill that Redis has not yet told us about, and a round trip is
+		// cheaper than the Postgres query a miss costs), and one of a token
+		// this instance just invalidated.
+		resps = c.DoMulti(ctx, c.B().Get().Key(key).Build(), c.B().Get().Key(GenKey).Build())
+		l, err = r.decodeLookup(key, resps[0], resps[1])
 	}
-	if err != nil || !l.Local {
-		return l, err
+	if err == nil && l.Record != nil {
+		revoked, uerr := r.userRevoked(ctx, c, l)
+		switch {
+		case uerr != nil:
+			return Lookup{Gen: l.Gen}, uerr
+		case revoked:
+			l = Lookup{Gen: l.Gen} // read before its user was invalidated: not believed
+		}
 	}
-	// Two kinds of local answer are checked with Redis itself: "nothing
-	// cached" (the local copy of an absent key may predate a fill that Redis
-	// has not yet told us about, and a round trip is cheaper than the
-	// Postgres query a miss costs), and a tombstoned one.
-	if l.Found() && !f.tombs.active(key, l) {
-		return l, nil
-	}
-	resps = c.DoMulti(ctx, c.B().Get().Key(key).Build(), c.B().Get().Key(GenKey).Build())
-	l, err = r.decodeLookup(key, resps[0], resps[1])
 	if !f.Trusted() {
 		return Lookup{Gen: f.Floor(), Distrusted: true}, nil
 	}
@@ -369,15 +342,39 @@ func (r *Redis) decodeLookup(key string, entry, gen rueidis.RedisResult) (Lookup
 	case err != nil:
 		return Lookup{Gen: l.Gen}, fmt.Errorf("redis get: %w", err)
 	}
-	eg, rec, err := decodeEntry(v)
+	h, rec, err := decodeEntry(v)
 	if err != nil {
 		return Lookup{Gen: l.Gen}, fmt.Errorf("cache entry %s: %w", key, err)
 	}
-	if eg != l.Gen {
+	if h.gen != l.Gen {
 		return l, nil // written before the generation moved on: not believed
 	}
-	l.Record, l.Negative = rec, rec == nil
+	l.Record, l.Negative, l.readStart = rec, rec == nil, h.readStart
 	return l, nil
+}
+
+// userRevoked reports whether the user of l's record was invalidated after
+// its data was read (less the skew margin): then the entry is not
+// believed. The user's tombstone is read through the client-side cache like
+// the entry (Redis tells every instance that cached its absence when it is
+// set), so on a hit this costs a second local lookup; a tombstone this
+// instance just set is read from Redis itself (see localTombs).
+func (r *Redis) userRevoked(ctx context.Context, c rueidis.Client, l Lookup) (bool, error) {
+	key := userTombKey(l.Record.UserID)
+	var res rueidis.RedisResult
+	if r.fence.tombs.userActive(l.Record.UserID) {
+		res = c.Do(ctx, c.B().Get().Key(key).Build())
+	} else {
+		res = c.DoCache(ctx, c.B().Get().Key(key).Cache(), r.opts.TTL)
+	}
+	at, err := res.AsInt64()
+	switch {
+	case rueidis.IsRedisNil(err):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("redis get user tombstone: %w", err)
+	}
+	return at >= l.readStart-r.fence.opts.TombstoneMargin.Milliseconds(), nil
 }
 
 // Gen returns the current cache generation, from Redis itself.
@@ -418,15 +415,16 @@ func (r *Redis) Set(ctx context.Context, key string, rec *Record, st Stamp) erro
 }
 
 // SetMany caches each entry, whole, with an absolute expiry of
-// min(read start + TTL, the session's expires_at), in two pipelined round
-// trips whatever the number of entries (one script call per slot and step:
-// see indexScript and entryScript for why two, and in that order). An entry
-// is refused (Skipped) when its data may predate an invalidation; so no
-// reader ever sees an entry without an expiry or a session brought back
-// after it was revoked. A session that has expired is cached for the
-// negative TTL (its answer is "expired"); a record the rule cannot decide
-// (see Check) is not cached. It returns one result and one error (nil unless
-// Failed) per entry, and honours ctx's deadline.
+// min(read start + TTL, the session's expires_at), in one pipelined round
+// trip whatever the number of entries (one script call per slot on a
+// cluster, one in all otherwise: see entryScript). An entry is refused
+// (Skipped) when its data may predate an invalidation of its token; an entry
+// whose user was invalidated after st is written but never believed (see
+// Get). So no reader ever sees an entry without an expiry or a session
+// brought back after it was revoked. A session that has expired is cached
+// for the negative TTL (its answer is "expired"); a record the rule cannot
+// decide (see Check) is not cached. It returns one result and one error (nil
+// unless Failed) per entry, and honours ctx's deadline.
 func (r *Redis) SetMany(ctx context.Context, entries []Entry, st Stamp) ([]WriteResult, []error) {
 	res := make([]WriteResult, len(entries))
 	errs := make([]error, len(entries))
@@ -468,135 +466,60 @@ func (r *Redis) SetNegative(ctx context.Context, key string, st Stamp) (WriteRes
 // another type).
 var errRefusedKey = errors.New("redis write: a key of another type is in the way")
 
-// writes gathers the two steps of a SetMany, grouped by slot (everything is
-// one group on a Redis that is not a cluster).
+// writes gathers the entries of a SetMany into script calls, one per slot
+// (everything is one call on a Redis that is not a cluster).
 type writes struct {
-	c       rueidis.Client
-	cluster bool
-	limit   string // read start less the margin (ms)
-	gen     int64
-	buf     []byte
-	index   map[string]*call // by the user's hash tag
-	entry   map[string]*call // by the entry's hash tag
-	entries []pending
+	c      rueidis.Client
+	limit  string // read start less the margin (ms)
+	gen    int64
+	stamp  time.Time
+	buf    []byte
+	groups *groups
 }
 
-// call is one script call: its keys, arguments and the entries it carries.
-type call struct {
-	keys, args []string
-	of         []int // index in writes.entries
-}
-
-// pending is one entry of a SetMany.
-type pending struct {
-	i       int  // the caller's index
-	indexed bool // step 1 passed (or is not needed)
-	done    bool // has a result
-}
+// maxWriteCall bounds the entries of one write script call: about 2 ms of
+// Redis's time.
+const maxWriteCall = 1000
 
 func (r *Redis) newWrites(c rueidis.Client, st Stamp) *writes {
-	return &writes{c: c, cluster: c.Mode() == rueidis.ClientModeCluster,
-		limit: strconv.FormatInt(st.ReadStart.Add(-r.fence.opts.TombstoneMargin).UnixMilli(), 10),
-		gen:   st.Gen, index: map[string]*call{}, entry: map[string]*call{}}
-}
-
-func (w *writes) group(m map[string]*call, tag string) *call {
-	if !w.cluster {
-		tag = ""
-	}
-	c := m[tag]
-	if c == nil {
-		c = &call{args: []string{w.limit}}
-		m[tag] = c
-	}
-	return c
+	limit := strconv.FormatInt(st.ReadStart.Add(-r.fence.opts.TombstoneMargin).UnixMilli(), 10)
+	g := newGroups(c.Mode() == rueidis.ClientModeCluster, limit)
+	g.max = 3 * maxWriteCall
+	return &writes{c: c, limit: limit, gen: st.Gen, stamp: st.ReadStart, groups: g}
 }
 
 // add queues the entry of rec (nil: negative) under key for the caller's
 // index i.
 func (w *writes) add(i int, key string, rec *Record, expireAt time.Time) {
-	j := len(w.entries)
-	w.entries = append(w.entries, pending{i: i, indexed: rec == nil})
-	exp := strconv.FormatInt(expireAt.UnixMilli(), 10)
-	if rec != nil {
-		ic := w.group(w.index, "{"+rec.UserID+"}")
-		ic.keys = append(ic.keys, userKey(rec.UserID), userTombKey(rec.UserID))
-		ic.args = append(ic.args, key, exp)
-		ic.of = append(ic.of, j)
-	}
-	ec := w.group(w.entry, tagOf(key))
 	checkNew := tombKey(key)
 	if rec == nil {
 		checkNew = newTombKey(key)
 	}
-	w.buf = encodeEntry(w.buf[:0], w.gen, rec)
-	ec.keys = append(ec.keys, key, tombKey(key), checkNew)
-	ec.args = append(ec.args, exp, string(w.buf))
-	ec.of = append(ec.of, j)
+	w.buf = encodeEntry(w.buf[:0], w.gen, w.stamp, rec)
+	w.groups.addEntry(tagOf(key), i, []string{strconv.FormatInt(expireAt.UnixMilli(), 10), string(w.buf)}, key, tombKey(key), checkNew)
 }
 
 func (w *writes) exec(ctx context.Context, res []WriteResult, errs []error) {
-	if len(w.entries) == 0 {
-		return
-	}
-	w.step1(ctx, res, errs)
-	w.step2(ctx, res, errs)
-}
-
-// step1 files the entries in their users' indexes (indexScript).
-func (w *writes) step1(ctx context.Context, res []WriteResult, errs []error) {
-	w.run(ctx, indexScript, w.index, res, errs, func(j int) { w.entries[j].indexed = true })
-}
-
-// step2 writes the entries step 1 let through (entryScript).
-func (w *writes) step2(ctx context.Context, res []WriteResult, errs []error) {
-	for tag, c := range w.entry {
-		kept := &call{args: c.args[:1]}
-		for n, j := range c.of {
-			if w.entries[j].indexed && !w.entries[j].done {
-				kept.keys = append(kept.keys, c.keys[3*n:3*n+3]...)
-				kept.args = append(kept.args, c.args[1+2*n:3+2*n]...)
-				kept.of = append(kept.of, j)
-			}
-		}
-		w.entry[tag] = kept
-	}
-	w.run(ctx, entryScript, w.entry, res, errs, func(j int) { res[w.entries[j].i] = Written })
-}
-
-// run sends one step's calls and records each entry's outcome: ok for 1,
-// Skipped for 0, Failed for -1 or an error.
-func (w *writes) run(ctx context.Context, s *script, calls map[string]*call, res []WriteResult, errs []error, ok func(j int)) {
-	var list []*call
-	var execs []rueidis.LuaExec
-	for _, c := range calls {
-		if len(c.of) > 0 {
-			list = append(list, c)
-			execs = append(execs, rueidis.LuaExec{Keys: c.keys, Args: c.args})
-		}
-	}
+	execs, idx := w.groups.execsWithEntries()
 	if len(execs) == 0 {
 		return
 	}
-	for n, r := range s.execMulti(ctx, w.c, execs) {
-		c := list[n]
+	for n, r := range entryScript.execMulti(ctx, w.c, execs) {
 		out, err := r.AsIntSlice()
-		if err == nil && len(out) != len(c.of) {
-			err = fmt.Errorf("%d results for %d entries", len(out), len(c.of))
+		if err == nil && len(out) != len(idx[n]) {
+			err = fmt.Errorf("%d results for %d entries", len(out), len(idx[n]))
 		}
-		for k, j := range c.of {
-			e := &w.entries[j]
+		for k, i := range idx[n] {
 			switch {
 			case err != nil:
-				res[e.i], errs[e.i], e.done = Failed, fmt.Errorf("redis write: %w", err), true
+				res[i], errs[i] = Failed, fmt.Errorf("redis write: %w", err)
 			case out[k] == 1:
-				ok(j)
+				res[i] = Written
 			case out[k] == 0:
-				res[e.i], e.done = Skipped, true
+				res[i] = Skipped
 			default:
-				res[e.i], errs[e.i], e.done = Failed, errRefusedKey, true
+				res[i], errs[i] = Failed, errRefusedKey
 			}
 		}
 	}
 }
-

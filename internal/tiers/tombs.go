@@ -49,8 +49,8 @@ func (t *localTombs) mark(id string) {
 }
 
 // active reports whether what was read under key is tombstoned: a session
-// by its token or user; a negative answer by its token, or by a session
-// created with that token ("n:").
+// by its token (its user: see userActive); a negative answer by its token,
+// or by a session created with that token ("n:").
 func (t *localTombs) active(key string, l Lookup) bool {
 	if time.Now().UnixNano() > t.liveUntil.Load() {
 		return false
@@ -67,8 +67,18 @@ func (t *localTombs) active(key string, l Lookup) bool {
 		return true
 	case l.Negative:
 		return live("n:" + key)
-	case l.Record != nil:
-		return live("u:" + l.Record.UserID)
 	}
 	return false
+}
+
+// userActive reports whether this instance invalidated the user within the
+// tombstone TTL: its local copy of the user's tombstone may be old.
+func (t *localTombs) userActive(userID string) bool {
+	if time.Now().UnixNano() > t.liveUntil.Load() {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	u, ok := t.until["u:"+userID]
+	return ok && time.Now().Before(u)
 }

@@ -203,7 +203,10 @@ WHERE s.expires_at > now()
 
 const (
 	countSQL = `SELECT count(*) FROM (SELECT 1 ` + warmable + ` LIMIT $2) w`
-	rowsSQL  = `SELECT s.token, ` + tiers.Columns + warmable + `
+	// rowsAllSQL: every warmable row, in no order: when the count says the
+	// run takes them all, sorting a million rows by activity buys nothing.
+	rowsAllSQL = `SELECT s.token, ` + tiers.Columns + warmable + ` AND $2::int IS NOT NULL`
+	rowsSQL    = `SELECT s.token, ` + tiers.Columns + warmable + `
 ORDER BY s.last_activity_at DESC
 LIMIT $2`
 )
@@ -276,7 +279,11 @@ func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, log *slog.Logger)
 		return fmt.Errorf("%w: %w", ErrRedis, genErr)
 	}
 
-	rows, err := tx.Query(ctx, rowsSQL, cfg.Window.Seconds(), cfg.Count)
+	query := rowsSQL
+	if total < cfg.Count {
+		query = rowsAllSQL
+	}
+	rows, err := tx.Query(ctx, query, cfg.Window.Seconds(), cfg.Count)
 	if err != nil {
 		return fmt.Errorf("%w: query warmable sessions: %w", ErrPostgres, err)
 	}

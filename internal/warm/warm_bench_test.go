@@ -70,8 +70,10 @@ func BenchmarkWarm(b *testing.B) {
 	var took time.Duration
 	var bytesPer float64
 	for b.Loop() {
-		if err := raw.Do(ctx, raw.B().Flushall().Build()).Error(); err != nil {
-			b.Fatal(err)
+		for _, n := range raw.Nodes() {
+			if err := n.Do(ctx, n.B().Flushall().Build()).Error(); err != nil {
+				b.Fatal(err)
+			}
 		}
 		before := usedMemory(ctx, b, raw)
 		start := time.Now()
@@ -103,22 +105,30 @@ func envInt(b *testing.B, name string, def int) int {
 	return n
 }
 
+// usedMemory is the sum of used_memory over every node (a cluster's
+// masters).
 func usedMemory(ctx context.Context, b *testing.B, c rueidis.Client) int64 {
-	info, err := c.Do(ctx, c.B().Info().Section("memory").Build()).ToString()
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, line := range strings.Split(info, "\r\n") {
-		if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil {
-				b.Fatal(err)
+	var total int64
+	for addr, n := range c.Nodes() {
+		info, err := n.Do(ctx, n.B().Info().Section("memory").Build()).ToString()
+		if err != nil {
+			b.Fatal(err)
+		}
+		found := false
+		for _, line := range strings.Split(info, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
+				m, err := strconv.ParseInt(v, 10, 64)
+				if err != nil {
+					b.Fatal(err)
+				}
+				total, found = total+m, true
 			}
-			return n
+		}
+		if !found {
+			b.Fatalf("no used_memory in INFO of %s", addr)
 		}
 	}
-	b.Fatal("no used_memory in INFO")
-	return 0
+	return total
 }
 
 // peakRSSMiB is VmHWM of this process: sessiond's warming runs in it.

@@ -1211,7 +1211,10 @@ func (x *InvalidateSessionsRequest) GetUserId() string {
 
 type InvalidateSessionsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Cache entries dropped.
+	// Cache entries dropped for the tokens, plus 1 when user_id was given:
+	// every cached session of that user read before the call is refused from
+	// then on, on every instance, however many there are (they are not looked
+	// for one by one).
 	Invalidated   int32 `protobuf:"varint,1,opt,name=invalidated,proto3" json:"invalidated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
