@@ -33,6 +33,10 @@ run: deps $(GRPCURL) ## start throwaway Postgres + Redis (unless DATABASE_URL/RE
 test: deps lint check-generate ## everything CI checks: lint, generated code up to date, unit and integration tests
 	$(GO) test -race -count=1 -timeout 20m ./...
 
+.PHONY: test-faults
+test-faults: deps ## the fault suite: real sessiond processes, Postgres and Redis under faults and load (≤ 10 min; FAULTS_REPORT=FILE writes its table)
+	$(GO) test -tags faults -count=1 -timeout 15m -v ./internal/faults/
+
 .PHONY: test-short
 test-short: ## the tests alone, without lint or generation checks
 	$(GO) test -count=1 ./...
@@ -42,7 +46,9 @@ lint: ## gofmt, go vet, staticcheck, buf lint
 	@unformatted=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go' | grep -v '^gen/')); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags faults ./internal/faults/
 	$(STATICCHECK) ./...
+	$(STATICCHECK) -tags faults ./internal/faults/
 	$(BUF) lint
 
 .PHONY: generate
