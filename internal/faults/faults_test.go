@@ -144,8 +144,8 @@ func (s *suite) redisRestoreRDB(sc *scenario) {
 	}
 	n, err := s.rdb.Do(s.ctx, s.rdb.B().Dbsize().Build()).AsInt64()
 	sc.note("restored %d keys (%v)", n, err)
-	// A resurrected entry lives for the cache TTL: once this row is
-	// recorded, drop the victims' entries as an operator would, so that
+	// A resurrected entry lives for the cache TTL: once the recovery is
+	// measured, drop the victims' entries as an operator would, so that
 	// they do not spill into the next rows.
 	sc.heal = append(sc.heal, func() {
 		for _, u := range victims {

@@ -38,7 +38,7 @@ type scenario struct {
 	answers              []Answer
 	verdicts             []bench.Verdict
 	notes                []string
-	heal                 []func() // run once the row is recorded: repairs an operator would make
+	heal                 []func() // repairs an operator would make, run once the recovery is measured
 }
 
 // run runs body as the subtest name and records its row. The row covers
@@ -157,9 +157,14 @@ func (sc *scenario) finish() {
 		time.Sleep(200 * time.Millisecond)
 	}
 	s.settle(t)
-	// From here on, calls go to the next row: back to the usual mix.
+	// From here on, calls go to the next row: back to the usual mix, and
+	// what the scenario left broken repaired (answers until then are this
+	// row's; the recovery above was measured without the repair).
 	s.defaultMix(nil)
 	s.load.SetTargets(targets(s.live()...)...)
+	for _, f := range sc.heal {
+		f()
+	}
 	sc.pull()
 
 	row := Row{Scenario: sc.name, Requests: len(sc.answers), Errors: map[codes.Code]int{},
@@ -220,9 +225,6 @@ func (sc *scenario) finish() {
 		t.Error(b.String())
 	}
 
-	for _, f := range sc.heal {
-		f()
-	}
 	// Healthy for the next scenario: a and b up and SERVING, and the cache
 	// warm again (what sessiond's periodic re-warm would do, later), so that
 	// each scenario starts from the hit share of a warm cache.
