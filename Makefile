@@ -33,6 +33,7 @@ run: deps $(GRPCURL) ## start throwaway Postgres + Redis (unless DATABASE_URL/RE
 test: deps lint check-generate ## everything CI checks: lint, generated code up to date, unit and integration tests
 	$(GO) test -race -count=1 -timeout 20m ./...
 
+<<<<<<< HEAD
 # The integration suite that must pass on every Redis engine: validation,
 # warming, revocation across instances, activity, InvalidateSessions.
 ENGINE_SUITE := TestValidateSession|TestCachedAnswers|TestWarm|TestRevocation|TestThreeInstances|TestInvalidateSessionsRPC|TestActivity|TestNegativeCache|TestRawToken|TestEntryFromRow|TestEveryTimestamp|TestBadInput|TestRedisEntryTTL
@@ -42,6 +43,11 @@ test-engines: deps ## the engines production runs on: the integration suite on a
 	$(GO) test -race -count=1 -timeout 10m -run 'Cluster|Sentinel|Pair' ./internal/devstack/...
 	SESSIOND_TEST_REDIS=cluster $(GO) test -race -count=1 -timeout 15m -run '$(ENGINE_SUITE)' ./internal/server/
 	SESSIOND_TEST_REDIS=sentinel $(GO) test -race -count=1 -timeout 15m -run '$(ENGINE_SUITE)' ./internal/server/
+=======
+.PHONY: test-faults
+test-faults: deps ## the fault suite: real sessiond processes, Postgres and Redis under faults and load (≤ 10 min; FAULTS_REPORT=FILE writes its table)
+	$(GO) test -tags faults -count=1 -timeout 15m -v ./internal/faults/
+>>>>>>> faults
 
 .PHONY: test-short
 test-short: ## the tests alone, without lint or generation checks
@@ -52,7 +58,9 @@ lint: ## gofmt, go vet, staticcheck, buf lint
 	@unformatted=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go' | grep -v '^gen/')); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags faults ./internal/faults/
 	$(STATICCHECK) ./...
+	$(STATICCHECK) -tags faults ./internal/faults/
 	$(BUF) lint
 
 .PHONY: generate

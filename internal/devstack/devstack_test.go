@@ -217,6 +217,35 @@ func TestRedisLifecycle(t *testing.T) {
 		t.Errorf("GET k after Restart: %v, want nil (persistence is off)", err)
 	}
 
+	// A snapshot taken by SAVE is what the next start loads, as a restore from backup: a key written after it is lost.
+	if _, err := redisDo(ctx, r.Addr(), "SET", "k", "saved"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := redisDo(ctx, r.Addr(), "SAVE"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := redisDo(ctx, r.Addr(), "SET", "k", "after"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := redisDo(ctx, r.Addr(), "GET", "k"); err != nil || got != "saved" {
+		t.Errorf("GET k after SAVE, SET, Kill, Restart = %q, %v; want the snapshot's \"saved\"", got, err)
+	}
+	if err := os.Remove(r.SnapshotPath()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := redisDo(ctx, r.Addr(), "GET", "k"); !rueidis.IsRedisNil(err) {
+		t.Errorf("GET k after removing the snapshot and restarting: %v, want nil", err)
+	}
+
 	if err := r.Stop(); err != nil {
 		t.Fatal(err)
 	}

@@ -132,16 +132,22 @@ func (r *Redis) Dir() string { return r.srv.dir }
 func (r *Redis) Stop() error { return r.srv.stop() }
 
 // Kill stops the server with SIGKILL and returns once it has exited, so clients see an outage at once.
-// Its directory is kept for Restart; with persistence off, the data is gone. Kill on a stopped server does nothing.
+// Its directory is kept for Restart; with persistence off, the data is gone (unless a SAVE wrote SnapshotPath). Kill on a stopped server does nothing.
 func (r *Redis) Kill() error {
 	r.srv.kill()
 	return nil
 }
 
-// Restart starts a fresh, empty server on the same port, and so with the same URL, after Kill; if it is running,
-// Restart shuts it down first. It returns once the server answers, bounded by ctx as in StartRedis. It fails
-// after Stop and if another process has taken the port meanwhile.
+// Restart starts a fresh server on the same port, and so with the same URL, after Kill; if it is running,
+// Restart shuts it down first. The new server is empty unless a SAVE or BGSAVE wrote SnapshotPath meanwhile:
+// redis-server loads that file at start even with persistence off, as a restore from a backup would. Remove
+// it for an empty restart. Restart returns once the server answers (the snapshot loaded), bounded by ctx as in
+// StartRedis. It fails after Stop and if another process has taken the port meanwhile.
 func (r *Redis) Restart(ctx context.Context) error { return r.srv.restart(ctx) }
+
+// SnapshotPath is where SAVE and BGSAVE write the RDB snapshot that Restart loads: dump.rdb in Dir.
+// With persistence off, nothing else writes it (a clean shutdown does not save).
+func (r *Redis) SnapshotPath() string { return filepath.Join(r.srv.dir, "dump.rdb") }
 
 // redisProbe succeeds once the redis-server with process id pid answers on port. Checking the id matters
 // because, if another process took the port, we might otherwise be talking to a different server.
