@@ -103,7 +103,9 @@ http {
 }
 
 // URL returns http://127.0.0.1:PORT.
-func (n *Nginx) URL() string { return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(n.srv.port)) }
+func (n *Nginx) URL() string {
+	return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(n.srv.port))
+}
 
 // Dir returns the server's directory, which holds nginx.conf, nginx.log and access.log. Stop removes it.
 func (n *Nginx) Dir() string { return n.srv.dir }
@@ -192,7 +194,9 @@ http://127.0.0.1:%d {
 }
 
 // URL returns http://127.0.0.1:PORT.
-func (c *Caddy) URL() string { return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(c.srv.port)) }
+func (c *Caddy) URL() string {
+	return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(c.srv.port))
+}
 
 // Dir returns the server's directory, which holds the Caddyfile and caddy.log. Stop removes it.
 func (c *Caddy) Dir() string { return c.srv.dir }
