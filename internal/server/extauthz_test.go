@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -159,13 +160,16 @@ func TestExtAuthzEmptyEmailIsRemoved(t *testing.T) {
 	}
 }
 
-func TestExtAuthzPostgresDown(t *testing.T) {
+// With Postgres down, both fronts answer what sessiond holds and say 503
+// for what it cannot know: not 401 (the session may be valid), and for
+// ext_authz not a gRPC error.
+func TestCallersPostgresDown(t *testing.T) {
 	pg := devtest.OwnPostgres(t)
-	dbURL, err := pg.CreateDatabase(t.Context(), "sessiond_extauthz_outage")
+	dbURL, err := pg.CreateDatabase(t.Context(), "sessiond_callers_outage")
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := start(t, dbURL, devtest.RedisURL(t), func(c *config.Config) { c.PostgresTimeout = time.Second })
+	h := start(t, dbURL, devtest.RedisURL(t), withHTTP, func(c *config.Config) { c.PostgresTimeout = time.Second })
 	u := h.addUser(user{})
 	cached := h.addSession(u, session{})
 	uncached := h.addSession(u, session{})
@@ -174,10 +178,17 @@ func TestExtAuthzPostgresDown(t *testing.T) {
 	if err := pg.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	// What sessiond holds still answers; what it cannot know is a 503, not
-	// a 401 (the session may be valid) and not a gRPC error.
+
 	okHeaders(t, h.check(checkRequest(false, "cookie", "session="+cached.token)))
 	deniedWith(t, h.check(checkRequest(false, "cookie", "session="+uncached.token)), code.Code_UNAVAILABLE, typev3.StatusCode_ServiceUnavailable)
+
+	if resp, _ := doAuth(t, http.DefaultClient, "GET", h.authURL(), "Cookie", "session="+cached.token); resp.StatusCode != http.StatusOK {
+		t.Errorf("forward-auth, cached session: %d, want 200", resp.StatusCode)
+	}
+	resp, body := doAuth(t, http.DefaultClient, "GET", h.authURL(), "Cookie", "session="+uncached.token)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-User-Id") != "" {
+		t.Errorf("forward-auth, uncached session: %d %q, want 503 (fail closed)", resp.StatusCode, body)
+	}
 }
 
 func TestExtAuthzOff(t *testing.T) {

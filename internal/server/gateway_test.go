@@ -36,6 +36,20 @@ func readmeSnippet(t *testing.T, marker string, replace ...string) string {
 	return strings.NewReplacer(replace...).Replace(block)
 }
 
+// stopAtCleanup fails t if the gateway did not start, and stops it when t
+// ends.
+func stopAtCleanup(t *testing.T, gw interface{ Stop() error }, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := gw.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
 // upstream is the application behind the gateway: it records the identity
 // headers of each request it receives.
 type upstream struct {
@@ -123,27 +137,13 @@ func TestGateways(t *testing.T) {
 		{"nginx", func(t *testing.T, app string) string {
 			conf := readmeSnippet(t, "# nginx, inside a server block", "sessiond:8081", sessiond, "app:8080", app)
 			n, err := devstack.StartNginx(t.Context(), devstack.NginxOptions{Server: conf})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				if err := n.Stop(); err != nil {
-					t.Error(err)
-				}
-			})
+			stopAtCleanup(t, n, err)
 			return n.URL()
 		}},
 		{"caddy", func(t *testing.T, app string) string {
 			conf := readmeSnippet(t, "# Caddy, inside a site block", "sessiond:8081", sessiond, "app:8080", app)
 			c, err := devstack.StartCaddy(t.Context(), devstack.CaddyOptions{Site: conf})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				if err := c.Stop(); err != nil {
-					t.Error(err)
-				}
-			})
+			stopAtCleanup(t, c, err)
 			return c.URL()
 		}},
 	} {
@@ -197,7 +197,12 @@ func TestGateways(t *testing.T) {
 				t.Fatal(err)
 			}
 			devtest.Eventually(t, 2*time.Second, func() error {
-				resp, err := http.Get(ex.base + "/orders?session-probe")
+				req, err := http.NewRequestWithContext(t.Context(), "GET", ex.base+"/orders", nil)
+				if err != nil {
+					return err
+				}
+				req.Header.Set("Cookie", "session="+s.token)
+				resp, err := http.DefaultClient.Do(req)
 				if err != nil {
 					return err
 				}
