@@ -5,7 +5,9 @@
 // Dial brings the defaults a caller would otherwise have to know: calls are
 // spread with round_robin over every address the target resolves to (give it
 // a headless Service, dns:///sessiond-headless.auth:50051: a ClusterIP would
-// pin gRPC's one long-lived connection to one pod); ValidateSession, being
+// pin gRPC's one long-lived connection to one pod) whose gRPC health says
+// SERVING (an instance still warming its cache, or shutting down, gets no
+// calls; when none is SERVING, calls fail with UNAVAILABLE); ValidateSession, being
 // idempotent, is retried on UNAVAILABLE (an instance restarting, Postgres
 // briefly unreachable from one instance), on another instance; each call gets
 // a deadline (DefaultTimeout) unless its context has one; idle connections are

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	sessiondv1 "github.com/sessiond/sessiond/gen/sessiond/v1"
 	"github.com/sessiond/sessiond/internal/config"
 	"github.com/sessiond/sessiond/internal/devstack/devtest"
 )
@@ -173,6 +175,7 @@ func TestCallersPostgresDown(t *testing.T) {
 	u := h.addUser(user{})
 	cached := h.addSession(u, session{})
 	uncached := h.addSession(u, session{})
+	heard(t, h, 2) // the inserts' notifications, which read Postgres
 	localOn(t, cached.token, h)
 	h.db.Close()
 	if err := pg.Kill(); err != nil {
@@ -189,6 +192,23 @@ func TestCallersPostgresDown(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-User-Id") != "" {
 		t.Errorf("forward-auth, uncached session: %d %q, want 503 (fail closed)", resp.StatusCode, body)
 	}
+}
+
+// heard waits until h has handled n notifications. An insert's
+// notification reads the new row from Postgres; handled after Postgres went
+// away, it would (rightly) make the instance believe nothing it caches.
+func heard(t *testing.T, h *harness, n int64) {
+	t.Helper()
+	eventually(t, 5*time.Second, func() error {
+		st, err := h.client.GetStats(t.Context(), &sessiondv1.GetStatsRequest{})
+		if err != nil {
+			return err
+		}
+		if got := st.GetCache().GetNotifications(); got < n {
+			return fmt.Errorf("%d notifications handled, want %d", got, n)
+		}
+		return nil
+	})
 }
 
 func TestExtAuthzOff(t *testing.T) {
