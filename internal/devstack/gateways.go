@@ -40,41 +40,19 @@ type Nginx struct{ srv *server }
 //
 // ctx bounds the wait for readiness (one minute if it has no deadline). An error wraps ErrNotInstalled when
 // nginx is missing, and includes the end of its log when it failed to start.
-func StartNginx(ctx context.Context, opts NginxOptions) (_ *Nginx, err error) {
-	bin, err := findGateway("nginx", os.Getenv("PATH"), "/usr/sbin")
-	if err != nil {
-		return nil, err
-	}
-	dir, err := newDir(opts.Dir, "devstack-nginx-")
-	if err != nil {
-		return nil, fmt.Errorf("start nginx: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			os.RemoveAll(dir)
-		}
-	}()
-	nonce := newNonce()
-	conf := filepath.Join(dir, "nginx.conf")
-	n := &Nginx{srv: &server{
-		name:    "nginx",
-		dir:     dir,
-		logPath: filepath.Join(dir, "nginx.log"),
-		cmd: func(port int) *exec.Cmd {
-			// A write error shows as nginx failing to read its configuration, with the log tail.
-			_ = os.WriteFile(conf, []byte(nginxConf(dir, port, nonce, opts)), 0o644)
-			cmd := exec.Command(bin, "-p", dir+"/", "-c", conf, "-e", filepath.Join(dir, "nginx.log"), "-g", "daemon off;")
-			cmd.Dir = dir
-			return cmd
+func StartNginx(ctx context.Context, opts NginxOptions) (*Nginx, error) {
+	srv, err := startGateway(ctx, opts.Dir, gateway{
+		name: "nginx", binDir: "/usr/sbin", confFile: "nginx.conf",
+		conf: func(dir string, port int, nonce string) string { return nginxConf(dir, port, nonce, opts) },
+		args: func(dir, conf string) []string {
+			return []string{"-p", dir + "/", "-c", conf, "-e", filepath.Join(dir, "nginx.log"), "-g", "daemon off;"}
 		},
-		probe:   nonceProbe(nonce),
 		stopSig: syscall.SIGQUIT, // graceful: in-flight requests finish
-		killSig: syscall.SIGKILL,
-	}}
-	if err := n.srv.startOnFreePort(ctx); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
-	return n, nil
+	return &Nginx{srv: srv}, nil
 }
 
 func nginxConf(dir string, port int, nonce string, opts NginxOptions) string {
@@ -132,45 +110,20 @@ type Caddy struct{ srv *server }
 //
 // ctx bounds the wait for readiness (one minute if it has no deadline). An error wraps ErrNotInstalled when
 // caddy is missing, and includes the end of its log when it failed to start.
-func StartCaddy(ctx context.Context, opts CaddyOptions) (_ *Caddy, err error) {
-	bin, err := findGateway("caddy", os.Getenv("PATH"), "/usr/bin")
-	if err != nil {
-		return nil, err
-	}
-	dir, err := newDir(opts.Dir, "devstack-caddy-")
-	if err != nil {
-		return nil, fmt.Errorf("start caddy: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			os.RemoveAll(dir)
-		}
-	}()
-	nonce := newNonce()
-	conf := filepath.Join(dir, "Caddyfile")
-	c := &Caddy{srv: &server{
-		name:    "caddy",
-		dir:     dir,
-		logPath: filepath.Join(dir, "caddy.log"),
-		cmd: func(port int) *exec.Cmd {
-			_ = os.WriteFile(conf, []byte(caddyfile(dir, port, nonce, opts)), 0o644)
-			cmd := exec.Command(bin, "run", "--config", conf, "--adapter", "caddyfile")
-			cmd.Dir = dir
-			cmd.Env = append(os.Environ(),
-				"HOME="+dir,
-				"XDG_CONFIG_HOME="+filepath.Join(dir, "config"),
-				"XDG_DATA_HOME="+filepath.Join(dir, "data"),
-			)
-			return cmd
+func StartCaddy(ctx context.Context, opts CaddyOptions) (*Caddy, error) {
+	srv, err := startGateway(ctx, opts.Dir, gateway{
+		name: "caddy", binDir: "/usr/bin", confFile: "Caddyfile",
+		conf: func(dir string, port int, nonce string) string { return caddyfile(dir, port, nonce, opts) },
+		args: func(_, conf string) []string { return []string{"run", "--config", conf, "--adapter", "caddyfile"} },
+		env: func(dir string) []string {
+			return []string{"HOME=" + dir, "XDG_CONFIG_HOME=" + filepath.Join(dir, "config"), "XDG_DATA_HOME=" + filepath.Join(dir, "data")}
 		},
-		probe:   nonceProbe(nonce),
 		stopSig: syscall.SIGTERM, // graceful
-		killSig: syscall.SIGKILL,
-	}}
-	if err := c.srv.startOnFreePort(ctx); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
-	return c, nil
+	return &Caddy{srv: srv}, nil
 }
 
 func caddyfile(dir string, port int, nonce string, opts CaddyOptions) string {
@@ -204,6 +157,59 @@ func (c *Caddy) Dir() string { return c.srv.dir }
 // Stop shuts caddy down gracefully (SIGTERM), waits for it to exit and removes its directory. Later calls do
 // nothing and return nil.
 func (c *Caddy) Stop() error { return c.srv.stop() }
+
+// gateway is what the gateways' starts differ in.
+type gateway struct {
+	name     string // the binary's name, and the package's
+	binDir   string // where Debian installs it, when it is not in PATH
+	confFile string
+	conf     func(dir string, port int, nonce string) string // the configuration for this port, answering nonce at readyPath
+	args     func(dir, conf string) []string
+	env      func(dir string) []string // added to the environment; may be nil
+	stopSig  syscall.Signal
+}
+
+// startGateway starts g in a new temporary directory inside parent, on a
+// free port, and returns once it answers its nonce.
+func startGateway(ctx context.Context, parent string, g gateway) (_ *server, err error) {
+	bin, err := findGateway(g.name, os.Getenv("PATH"), g.binDir)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := newDir(parent, "devstack-"+g.name+"-")
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", g.name, err)
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(dir)
+		}
+	}()
+	nonce := newNonce()
+	conf := filepath.Join(dir, g.confFile)
+	srv := &server{
+		name:    g.name,
+		dir:     dir,
+		logPath: filepath.Join(dir, g.name+".log"),
+		cmd: func(port int) *exec.Cmd {
+			// A write error shows as the gateway failing to read its configuration, with the log tail.
+			_ = os.WriteFile(conf, []byte(g.conf(dir, port, nonce)), 0o644)
+			cmd := exec.Command(bin, g.args(dir, conf)...)
+			cmd.Dir = dir
+			if g.env != nil {
+				cmd.Env = append(os.Environ(), g.env(dir)...)
+			}
+			return cmd
+		},
+		probe:   nonceProbe(nonce),
+		stopSig: g.stopSig,
+		killSig: syscall.SIGKILL,
+	}
+	if err := srv.startOnFreePort(ctx); err != nil {
+		return nil, err
+	}
+	return srv, nil
+}
 
 // findGateway returns the path of a gateway binary from pathList, else from dir, where Debian installs it
 // (root's PATH has /usr/sbin, a user's may not).
