@@ -21,7 +21,7 @@ help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
 .PHONY: deps
-deps: ## install PostgreSQL and Redis server binaries if missing (apt-get, as root)
+deps: ## install PostgreSQL, Redis, nginx and Caddy server binaries if missing (apt-get, as root)
 	@scripts/ensure-servers
 
 .PHONY: run
@@ -81,6 +81,10 @@ build: ## build bin/sessiond
 .PHONY: bench
 bench: deps ## sessionbench compare: sessiond vs no local cache vs direct Postgres vs a no-op gRPC server (throwaway servers, ~1.5 min)
 	$(GO) run ./cmd/sessionbench compare $(ARGS)
+
+.PHONY: bench-callers
+bench-callers: deps ## p50/p99 of a cache hit through ValidateSession, ext_authz Check and forward-auth GET (~30 s)
+	$(GO) test -run '^$$' -bench Callers -benchtime 60000x -count 3 ./internal/server
 
 .PHONY: fuzz
 fuzz: ## fuzz the ValidateSession request path (FUZZTIME=5m)

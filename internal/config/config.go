@@ -7,6 +7,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -56,6 +58,12 @@ type Config struct {
 	TLSCert     string // PEM certificate chain of the gRPC listener
 	TLSKey      string // PEM private key of TLSCert
 	TLSClientCA string // PEM CA bundle; when set, client certificates are required and verified
+
+	// Gateways (internal/server/callers.go): Envoy ext_authz on the gRPC
+	// port, HTTP forward-auth on its own port.
+	ExtAuthz      bool   // serve envoy.service.auth.v3.Authorization on the gRPC port
+	HTTPAddr      string // forward-auth listen address; empty: off
+	SessionCookie string // cookie carrying the session token, for ext_authz and forward-auth
 }
 
 // Default is the one place defaults live; flag defaults are read from it.
@@ -92,6 +100,8 @@ func Default() Config {
 		ShutdownTimeout:     15 * time.Second,
 		LogFormat:           "json",
 		LogLevel:            "info",
+		ExtAuthz:            true,
+		SessionCookie:       "session",
 	}
 }
 
@@ -142,6 +152,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM `file` with the gRPC listener's certificate chain (with --tls-key; empty: plaintext)")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM `file` with the private key of --tls-cert")
 	fs.StringVar(&c.TLSClientCA, "tls-client-ca", c.TLSClientCA, "PEM `file` of CA certificates; when set, every client must present a certificate they signed (mutual TLS)")
+
+	fs.BoolVar(&c.ExtAuthz, "ext-authz", c.ExtAuthz, "serve Envoy's external authorization API (envoy.service.auth.v3.Authorization/Check) on the gRPC port")
+	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "forward-auth HTTP listen address, serving GET /v1/auth for nginx auth_request, Caddy forward_auth and Traefik forwardAuth (empty: off)")
+	fs.StringVar(&c.SessionCookie, "session-cookie", c.SessionCookie, "cookie that carries the session token for ext_authz and forward-auth (an Authorization: Bearer header also does)")
 }
 
 // Parse sets fs's flags from the environment (through getenv) and then from
@@ -242,7 +256,21 @@ func (c *Config) Validate() error {
 		bad("log-level", "%q: want debug, info, warn or error", c.LogLevel)
 	}
 	c.validateSecurity(bad)
+	c.validateGateways(bad)
 	return errors.Join(errs...)
+}
+
+// validateGateways checks the ext_authz and forward-auth settings.
+func (c *Config) validateGateways(bad func(flagName, format string, a ...any)) {
+	if c.HTTPAddr != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+			bad("http-addr", "%q: want host:port or :port", c.HTTPAddr)
+		}
+	}
+	// net/http's cookie parser knows what a cookie name may hold.
+	if cs, err := http.ParseCookie(c.SessionCookie + "=v"); err != nil || len(cs) != 1 || cs[0].Name != c.SessionCookie {
+		bad("session-cookie", "%q: want a cookie name (letters, digits and !#$%%&'*+-.^_`|~)", c.SessionCookie)
+	}
 }
 
 // validateSecurity checks the admin-token and TLS settings; the files are

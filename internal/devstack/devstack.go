@@ -111,7 +111,8 @@ func (s *server) waitReady(ctx context.Context, proc *process) error {
 		case <-proc.done:
 			tail := logTail(s.logPath, proc.logStart)
 			err := fmt.Errorf("%s on port %d exited during startup (%v); end of %s:\n%s", s.name, s.port, proc.err, s.logPath, tail)
-			if strings.Contains(tail, "Address already in use") {
+			// "Address already in use" (postgres, redis, nginx), "address already in use" (caddy)
+			if strings.Contains(strings.ToLower(tail), "address already in use") {
 				return fmt.Errorf("%w: %w", errPortInUse, err)
 			}
 			return err

@@ -66,6 +66,8 @@ type Server struct {
 	bg             context.Context
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
+
+	callers callers // ext_authz and forward-auth (callers.go)
 }
 
 // build is New, with a log that already masks the URLs' secrets.
@@ -152,15 +154,22 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	sessiondv1.RegisterSessionServiceServer(s.grpc, s.svc)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
+	if err := s.setupCallers(); err != nil {
+		stop()
+		s.redis.Close()
+		pool.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
 func (s *Server) serverOptions() []grpc.ServerOption {
-	// Calls other than ValidateSession are logged as they finish;
-	// ValidateSession logs its own debug record (with the guide's fields),
-	// and an interceptor on the hot path would cost every caller.
+	// Calls other than ValidateSession (and ext_authz Check) are logged as
+	// they finish; ValidateSession logs its own debug record (with the
+	// guide's fields), and an interceptor on the hot path would cost every
+	// caller.
 	notValidate := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
-		return c.FullMethod() != sessiondv1.SessionService_ValidateSession_FullMethodName
+		return !isHotPath(c.FullMethod())
 	})
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		s.log.Log(ctx, slog.Level(lvl), msg, fields...)
@@ -225,11 +234,13 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 
 	served := make(chan error, 1)
 	go func() { served <- s.grpc.Serve(lis) }()
+	s.serveCallers()
 
 	var err error
 	select {
 	case err = <-served:
 		err = fmt.Errorf("grpc serve: %w", err)
+	case err = <-s.callers.err:
 	case <-ctx.Done():
 		s.log.Info("shutting down")
 	}
@@ -239,6 +250,7 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 
 func (s *Server) shutdown() {
 	s.health.Shutdown() // NOT_SERVING everywhere, and stays so
+	callersStopped := s.stopCallers()
 	done := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
@@ -251,6 +263,7 @@ func (s *Server) shutdown() {
 		s.grpc.Stop()
 		<-done
 	}
+	<-callersStopped
 	s.stopBackground()
 	s.background.Wait()
 	s.redis.Close()

@@ -632,6 +632,7 @@ func TestPostgresStopped(t *testing.T) {
 	u := h.addUser(user{})
 	cached := h.addSession(u, session{})
 	uncached := h.addSession(u, session{})
+	heard(t, h, 2)              // the inserts' notifications, before the outage
 	localOn(t, cached.token, h) // cached before the outage
 	h.db.Close()                // our own fixture pool, before the server goes away under it
 
