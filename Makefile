@@ -33,7 +33,6 @@ run: deps $(GRPCURL) ## start throwaway Postgres + Redis (unless DATABASE_URL/RE
 test: deps lint check-generate ## everything CI checks: lint, generated code up to date, unit and integration tests
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-<<<<<<< HEAD
 # The integration suite that must pass on every Redis engine: validation,
 # warming, revocation across instances, activity, InvalidateSessions.
 ENGINE_SUITE := TestValidateSession|TestCachedAnswers|TestWarm|TestRevocation|TestThreeInstances|TestInvalidateSessionsRPC|TestActivity|TestNegativeCache|TestRawToken|TestEntryFromRow|TestEveryTimestamp|TestBadInput|TestRedisEntryTTL
@@ -43,11 +42,10 @@ test-engines: deps ## the engines production runs on: the integration suite on a
 	$(GO) test -race -count=1 -timeout 10m -run 'Cluster|Sentinel|Pair' ./internal/devstack/...
 	SESSIOND_TEST_REDIS=cluster $(GO) test -race -count=1 -timeout 15m -run '$(ENGINE_SUITE)' ./internal/server/
 	SESSIOND_TEST_REDIS=sentinel $(GO) test -race -count=1 -timeout 15m -run '$(ENGINE_SUITE)' ./internal/server/
-=======
+
 .PHONY: test-faults
 test-faults: deps ## the fault suite: real sessiond processes, Postgres and Redis under faults and load (≤ 10 min; FAULTS_REPORT=FILE writes its table)
 	$(GO) test -tags faults -count=1 -timeout 15m -v ./internal/faults/
->>>>>>> faults
 
 .PHONY: test-short
 test-short: ## the tests alone, without lint or generation checks
