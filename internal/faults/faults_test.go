@@ -333,7 +333,7 @@ func (s *suite) postgresKilled(sc *scenario) {
 		100*share, cachedCalls, sc.describeCalls(unanswered, sc.faultStart))
 
 	// The pool after recovery: at most pool-size connections per instance
-	// plus its listener.
+	// plus its listener and its heartbeat connection.
 	sc.pull()
 	for {
 		if _, ok := Recovery(sc.answers, sc.bad(), sc.faultStart, sc.faultEnd); ok || time.Since(sc.faultEnd) > maxObserve {
@@ -345,7 +345,7 @@ func (s *suite) postgresKilled(sc *scenario) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	limit := len(s.live()) * (poolSize + 1)
+	limit := len(s.live()) * (poolSize + 2)
 	sc.note("sessiond backends %d before, %d after (limit %d)", backendsBefore, backendsAfter, limit)
 	sc.check(backendsAfter <= limit, "%d sessiond connections to Postgres after recovery, more than %d", backendsAfter, limit)
 }

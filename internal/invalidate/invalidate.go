@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -425,11 +426,16 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// postgresDown reports whether err says that Postgres itself refuses
-// connections, on every host tried: the TCP connection was refused, the
-// server is starting up or shutting down (SQLSTATE 57P01-57P03), or it is
-// read-only (no primary, with target_session_attrs=read-write). A timeout is
-// not: a host that does not answer may still commit for others.
+// postgresDown reports whether err, a failure to connect, says that
+// Postgres refuses connections on every host tried: the TCP connection was
+// refused, or reset or closed before the server said anything (what a
+// proxy in front of a stopped Postgres does), the server is starting up or
+// shutting down (SQLSTATE 57P03), or it is read-only (no primary, with
+// target_session_attrs=read-write). A timeout is not: a host that does not
+// answer may still commit for others. (A proxy that cannot reach a Postgres
+// that others still reach looks down too: that partition is the one case
+// where cached answers are given while revocations may be committed; the
+// README says so.)
 func postgresDown(err error) bool {
 	for err != nil {
 		if j, ok := err.(interface{ Unwrap() []error }); ok {
@@ -443,11 +449,14 @@ func postgresDown(err error) bool {
 		}
 		switch e := err.(type) {
 		case syscall.Errno:
-			return e == syscall.ECONNREFUSED
+			return e == syscall.ECONNREFUSED || e == syscall.ECONNRESET
 		case *pgconn.PgError:
-			return e.Code == "57P01" || e.Code == "57P02" || e.Code == "57P03"
+			// 57P01 and 57P02 end a backend that was running (an
+			// administrator's pg_terminate_backend among them): not a
+			// refusal.
+			return e.Code == "57P03"
 		}
-		if err == pgconn.ErrReadOnlyConnection {
+		if err == pgconn.ErrReadOnlyConnection || err == io.EOF || err == io.ErrUnexpectedEOF {
 			return true
 		}
 		err = errors.Unwrap(err)

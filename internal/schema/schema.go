@@ -73,8 +73,9 @@ func steps() []step {
 //
 // Each statement sends a few notifications, whatever the number of rows
 // (lists of at most 100 keys or 150 user ids, under the 8000-byte payload
-// limit). Rows that cannot be cached as valid (sessions already expired
-// before and after the change) are left out. sessiond's own heartbeats
+// limit). Changes to sessions that were expired before and after (a purge
+// of expired rows) are left out: their cached answer, "expired", may read
+// so for up to the negative TTL after a deletion. sessiond's own heartbeats
 // (h:...) go over the same channel; see package invalidate.
 const Channel = "sessiond_invalidate"
 
@@ -146,14 +147,16 @@ CREATE TRIGGER %[2]s AFTER %[3]s ON platform.%[1]s %[4]s FOR EACH STATEMENT EXEC
 	}
 	return []step{
 		{"drop the triggers of version 1", strings.Join(drops, "\n")},
+		// Every new token, expired or not: a cached "no such session" may
+		// be there for any.
 		fn("sessiond_sessions_inserted", notifyLoop("i:",
-			`SELECT `+keyExpr("n.token", plain)+` AS v FROM new_rows n WHERE `+live("n"), 100)),
+			`SELECT `+keyExpr("n.token", plain)+` AS v FROM new_rows n`, 100)),
 		fn("sessiond_sessions_changed", notifyLoop("s:",
 			`SELECT `+keyExpr("o.token", plain)+` AS v FROM old_rows o LEFT JOIN new_rows n ON n.id = o.id
 			WHERE (n.id IS NULL OR `+changed+`) AND (`+live("o")+` OR coalesce(n.expires_at > now(), false))`, 100)+`
 	`+notifyLoop("i:",
 			`SELECT `+keyExpr("n.token", plain)+` AS v FROM new_rows n LEFT JOIN old_rows o ON o.id = n.id
-			WHERE (o.id IS NULL OR o.token IS DISTINCT FROM n.token) AND `+live("n"), 100)),
+			WHERE o.id IS NULL OR o.token IS DISTINCT FROM n.token`, 100)),
 		fn("sessiond_sessions_deleted", notifyLoop("s:",
 			`SELECT `+keyExpr("o.token", plain)+` AS v FROM old_rows o WHERE `+live("o"), 100)),
 		fn("sessiond_users_changed", notifyLoop("u:",

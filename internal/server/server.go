@@ -266,6 +266,7 @@ func (s *Server) shutdown() {
 	<-callersStopped
 	s.stopBackground()
 	s.background.Wait()
+	s.rt.Wait() // reads and fills under way end within their timeouts
 	s.redis.Close()
 	s.pool.Close()
 	s.log.Info("stopped")

@@ -149,6 +149,9 @@ func newFence(client func() (rueidis.Client, error), o FenceOptions, log *slog.L
 	if f.opts.VerifyInterval <= 0 {
 		f.opts.VerifyInterval = 5 * time.Second
 	}
+	if f.opts.Timeout <= 0 {
+		f.opts.Timeout = 2 * time.Second
+	}
 	return f
 }
 

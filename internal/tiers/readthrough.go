@@ -63,7 +63,15 @@ type Counters struct {
 	// Rereads counts callers who could not share a Postgres read already
 	// under way because an invalidation was handled after it began.
 	Rereads atomic.Int64
+	// FillsDropped counts fills not made because maxFills were already
+	// under way (Redis slow): the next miss of those tokens reads again.
+	FillsDropped atomic.Int64
 }
+
+// maxFills bounds the fills under way at once: a fill runs after its
+// callers have their answer, and a Redis that stops answering must not pile
+// them up (each waits at most RedisTimeout).
+const maxFills = 1024
 
 // trustWait bounds how long a caller whose Postgres read failed waits for
 // the fence to trust the cache (see Validate).
@@ -95,16 +103,24 @@ type ReadThrough struct {
 	c    Counters
 
 	mu      sync.Mutex
-	flights map[string]*flight // the newest Postgres read per key
+	flights map[string]*flight // the newest Postgres read per key, until its fill is done
+	fills   atomic.Int64       // under way
+	reads   sync.WaitGroup     // goroutines of flights, fills included
 }
 
-// flight is one Postgres read shared by concurrent misses of one key.
+// flight is one Postgres read shared by concurrent misses of one key. It
+// stays findable until its fill has landed, so that callers who arrive
+// meanwhile take its answer instead of reading again.
 type flight struct {
 	seq  uint64        // the fence's Seq before the read began
 	done chan struct{} // closed when rec and err are set
 	rec  *Record
 	err  error
 }
+
+// Wait waits for the Postgres reads and fills under way to end (each is
+// bounded by the configured timeouts): for shutdown, before Redis closes.
+func (rt *ReadThrough) Wait() { rt.reads.Wait() }
 
 // NewReadThrough joins a cache and a source of truth.
 func NewReadThrough(cache l1, truth l2, o ReadThroughOptions, log *slog.Logger) *ReadThrough {
@@ -227,10 +243,11 @@ func (rt *ReadThrough) get(ctx context.Context, key string) (Lookup, error) {
 }
 
 // lookup asks Postgres, coalescing concurrent misses for one token into one
-// query, then fills the cache. A caller joins a read already under way only
-// if it began after every invalidation this instance had handled when the
-// caller arrived; otherwise it starts a new read, which later callers join.
-// The shared query and fill run detached from any one caller (bounded by the
+// query, answers, and then fills the cache off the callers' path. A caller
+// joins a read (under way, or answered and still filling) only if it began
+// after every invalidation this instance had handled when the caller
+// arrived; otherwise it starts a new read, which later callers join. The
+// shared query and fill run detached from any one caller (bounded by the
 // configured timeouts), so a caller who hangs up does not fail the others
 // waiting on the same token; each caller still leaves when its own ctx ends.
 func (rt *ReadThrough) lookup(ctx context.Context, token, key string, gen int64, arrived uint64) (*Record, error) {
@@ -242,6 +259,7 @@ func (rt *ReadThrough) lookup(ctx context.Context, token, key string, gen int64,
 		}
 		f = &flight{seq: rt.l1.Seq(), done: make(chan struct{})}
 		rt.flights[key] = f
+		rt.reads.Add(1)
 		go rt.read(context.WithoutCancel(ctx), f, token, key, gen)
 	}
 	rt.mu.Unlock()
@@ -253,34 +271,39 @@ func (rt *ReadThrough) lookup(ctx context.Context, token, key string, gen int64,
 	}
 }
 
-// read runs one flight: the Postgres query and the fill.
+// read runs one flight: the Postgres query, the answer, then the fill.
 func (rt *ReadThrough) read(ctx context.Context, f *flight, token, key string, gen int64) {
+	defer rt.reads.Done()
 	defer func() {
 		rt.mu.Lock()
 		if rt.flights[key] == f {
 			delete(rt.flights, key)
 		}
 		rt.mu.Unlock()
-		close(f.done)
 	}()
 	// Taken before the read: a write of what it returns is refused if an
 	// invalidation came after this instant (see Redis.SetMany).
 	st := Stamp{ReadStart: time.Now(), Gen: gen}
 	qctx, cancel := context.WithTimeout(ctx, rt.opts.PostgresTimeout)
-	defer cancel()
 	rt.c.PostgresReads.Add(1)
 	rec, err := rt.l2.Lookup(qctx, token)
+	cancel()
+	if errors.Is(err, context.DeadlineExceeded) {
+		// Our own bound, not the caller's: Postgres is too slow to count on.
+		err = fmt.Errorf("%w: postgres did not answer within %s", ErrUnavailable, rt.opts.PostgresTimeout)
+	}
+	f.rec, f.err = rec, err
+	close(f.done) // the callers have their answer
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			// Our own bound, not the caller's: Postgres is too slow to
-			// count on.
-			err = fmt.Errorf("%w: postgres did not answer within %s", ErrUnavailable, rt.opts.PostgresTimeout)
-		}
-		f.err = err
 		return
 	}
-	f.rec = rec
+	if rt.fills.Add(1) > maxFills {
+		rt.fills.Add(-1)
+		rt.c.FillsDropped.Add(1)
+		return
+	}
 	rt.fill(ctx, key, rec, st)
+	rt.fills.Add(-1)
 }
 
 // fill caches what Postgres said: the session, or (when negative caching is

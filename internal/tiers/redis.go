@@ -73,6 +73,10 @@ func ClientOption(url string, o RedisOptions, f *Fence) (rueidis.ClientOption, e
 		opt.Dialer.Timeout = o.DialTimeout
 	}
 	opt.ClientName = "sessiond"
+	// A read that fails is a miss, answered from Postgres at once; rueidis's
+	// own retry would wait, past the caller's deadline, for a connection
+	// to a Redis that stopped answering to be dialled again.
+	opt.DisableRetry = true
 	if opt.Sentinel.MasterSet != "" {
 		// Sentinel topology is otherwise followed only through +switch-master
 		// events; one missed event would pin the client to a demoted master.
@@ -301,12 +305,12 @@ func (r *Redis) Get(ctx context.Context, key string) (Lookup, error) {
 		rueidis.CT(c.B().Get().Key(key).Cache(), r.opts.TTL),
 		rueidis.CT(c.B().Get().Key(GenKey).Cache(), r.opts.TTL))
 	l, err := r.decodeLookup(key, resps[0], resps[1])
-	if err == nil && l.Local && (!l.Found() || f.tombs.active(key, l)) {
-		// Two kinds of local answer are checked with Redis itself:
-		// "nothing cached" (the local copy of an absent key may predate a
-		// fill that Redis has not yet told us about, and a round trip is
-		// cheaper than the Postgres query a miss costs), and one of a token
-		// this instance just invalidated.
+	if err == nil && l.Local && l.Found() && f.tombs.active(key, l) {
+		// A local copy of a token this instance just invalidated may be
+		// the old one: ask Redis itself. (A local "nothing cached" is
+		// believed: at worst it predates a fill Redis has not told us of
+		// yet, and the miss costs one Postgres read, where asking Redis on
+		// every miss would cost a round trip each.)
 		resps = c.DoMulti(ctx, c.B().Get().Key(key).Build(), c.B().Get().Key(GenKey).Build())
 		l, err = r.decodeLookup(key, resps[0], resps[1])
 	}
