@@ -140,6 +140,7 @@ func startSessiond(ctx context.Context, databaseURL, redisURL string, sessions i
 	cfg.WarmWindow = 31 * 24 * time.Hour
 	cfg.LocalCache = localCache
 	cfg.ShutdownTimeout = 5 * time.Second
+	cfg.ShutdownDelay = 0 // no load balancer to wait for
 	srv, err := server.New(ctx, cfg, log)
 	if err != nil {
 		return nil, err

@@ -54,6 +54,12 @@ type Config struct {
 	TLSCert     string // PEM certificate chain of the gRPC listener
 	TLSKey      string // PEM private key of TLSCert
 	TLSClientCA string // PEM CA bundle; when set, client certificates are required and verified
+
+	// How it is operated (internal/server/ops.go): the HTTP listener for
+	// /metrics, /healthz and /readyz, and how long a stopping instance keeps
+	// serving after it reports NOT_SERVING.
+	MetricsAddr   string // empty: no ops listener
+	ShutdownDelay time.Duration
 }
 
 // Default is the one place defaults live; flag defaults are read from it.
@@ -90,6 +96,11 @@ func Default() Config {
 		ShutdownTimeout:     15 * time.Second,
 		LogFormat:           "json",
 		LogLevel:            "info",
+		MetricsAddr:         ":9090",
+		// Load balancers and health-checking clients notice NOT_SERVING
+		// within a probe period or two; 5 s covers Kubernetes' endpoint
+		// propagation and a 2 s probe period.
+		ShutdownDelay: 5 * time.Second,
 	}
 }
 
@@ -140,6 +151,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM `file` with the gRPC listener's certificate chain (with --tls-key; empty: plaintext)")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM `file` with the private key of --tls-cert")
 	fs.StringVar(&c.TLSClientCA, "tls-client-ca", c.TLSClientCA, "PEM `file` of CA certificates; when set, every client must present a certificate they signed (mutual TLS)")
+
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "HTTP listen address for /metrics (Prometheus), /healthz and /readyz (empty: none)")
+	fs.DurationVar(&c.ShutdownDelay, "shutdown-delay", c.ShutdownDelay, "on SIGTERM, how long to report NOT_SERVING (gRPC health, /readyz 503) while still serving, so load balancers stop sending, before draining")
 }
 
 // Parse sets fs's flags from the environment (through getenv) and then from
@@ -209,6 +223,9 @@ func (c *Config) Validate() error {
 	}
 	if c.WarmBatchDelay < 0 {
 		bad("warm-batch-delay", "%s: must not be negative", c.WarmBatchDelay)
+	}
+	if c.ShutdownDelay < 0 {
+		bad("shutdown-delay", "%s: must not be negative (0 drains at once)", c.ShutdownDelay)
 	}
 	if c.RewarmInterval < 0 {
 		bad("rewarm-interval", "%s: must not be negative (0 turns it off)", c.RewarmInterval)

@@ -63,6 +63,12 @@ func TestParse(t *testing.T) {
 		{"zero pool", []string{"--pool-size=0"}, base, nil, "--pool-size"},
 		{"threshold over 100", []string{"--rewarm-threshold=120"}, base, nil, "--rewarm-threshold"},
 		{"bad log format", []string{"--log-format=xml"}, base, nil, "--log-format"},
+		{"ops defaults", nil, base, func(c Config) bool { return c.MetricsAddr == ":9090" && c.ShutdownDelay == 5*time.Second }, ""},
+		{"ops from the environment", nil, with("SESSIOND_METRICS_ADDR", "127.0.0.1:9100", "SESSIOND_SHUTDOWN_DELAY", "0s"), func(c Config) bool {
+			return c.MetricsAddr == "127.0.0.1:9100" && c.ShutdownDelay == 0
+		}, ""},
+		{"no ops listener", []string{"--metrics-addr="}, base, func(c Config) bool { return c.MetricsAddr == "" }, ""},
+		{"negative shutdown delay", []string{"--shutdown-delay=-1s"}, base, nil, "--shutdown-delay"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -53,6 +53,7 @@ type Counters struct {
 	Misses        atomic.Int64 // answers that needed Postgres
 	Errors        atomic.Int64 // Redis errors, each treated as a miss
 	PostgresReads atomic.Int64 // queries sent to Postgres (coalesced)
+	answers       answerCounts // by reason and source, except negative hits (see Answered)
 }
 
 // ReadThroughOptions configures the read-through.
@@ -146,6 +147,7 @@ func source(local bool) Source {
 func (rt *ReadThrough) answer(rec *Record, src Source) Result {
 	now := rt.opts.Now()
 	res := Result{Record: rec, Reason: Check(rec, now), Source: src}
+	rt.c.answers.add(res)
 	if res.Valid() && rt.opts.Activity != nil {
 		rt.opts.Activity.Record(rec.ID, rec.LastActivityAt, now)
 	}

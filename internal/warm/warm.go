@@ -112,6 +112,8 @@ type Warmer struct {
 	mu      sync.Mutex
 	current *Run // the running run, nil when none
 	last    *Run // the latest run, running or not
+
+	totals totals
 }
 
 // New returns a Warmer. Runs are bounded by base (the server's lifetime)
@@ -223,6 +225,7 @@ func (w *Warmer) run(ctx context.Context, r *Run, cfg Config) {
 		"count", cfg.Count, "batch_size", cfg.BatchSize, "batch_delay", cfg.BatchDelay.String(), "window", cfg.Window.String())
 	err := w.warm(ctx, r, cfg, log)
 	p := r.finish(outcomeOf(ctx, err), err)
+	w.totals.runs[p.Outcome].Add(1)
 	switch p.Outcome {
 	case Completed:
 		log.Info(fmt.Sprintf("[CacheWarming] Completed in %dms - Warmed: %d/%d (%.2f%% estimated hit rate) - Failed: %d",
@@ -388,6 +391,7 @@ func (w *Warmer) write(ctx context.Context, r *Run, cfg Config, st tiers.Stamp, 
 			return ctx.Err()
 		}
 		p := r.batchDone(warmed, failed, skipped)
+		w.totals.add(warmed, failed, skipped)
 		done := p.Warmed + p.Failed + p.Skipped
 		log.Info(fmt.Sprintf("[CacheWarming] Progress: %d/%d (%d%%) - Failed: %d", done, p.Total, percent(done, p.Total), p.Failed),
 			"done", done, "total", p.Total, "failed", p.Failed, "skipped", p.Skipped, "batch", p.Batches)
