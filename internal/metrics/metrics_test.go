@@ -7,8 +7,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/sessiond/sessiond/internal/activity"
+	"github.com/sessiond/sessiond/internal/devstack/devtest"
 	"github.com/sessiond/sessiond/internal/tiers"
 	"github.com/sessiond/sessiond/internal/warm"
 )
@@ -133,33 +135,21 @@ func TestLabelNames(t *testing.T) {
 // gathered is the value of the one series of name whose labels include want.
 func gathered(t *testing.T, g prometheus.Gatherer, name string, want map[string]string) float64 {
 	t.Helper()
-	mfs, err := g.Gather()
+	list, err := g.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			got := map[string]string{}
-			for _, l := range m.GetLabel() {
-				got[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if got[k] != v {
-					continue series
-				}
-			}
-			switch {
-			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue()
-			}
-		}
+	mfs := map[string]*dto.MetricFamily{}
+	for _, mf := range list {
+		mfs[mf.GetName()] = mf
 	}
-	t.Fatalf("no series %s%v", name, want)
-	return 0
+	var kv []string
+	for k, v := range want {
+		kv = append(kv, k, v)
+	}
+	v := devtest.MetricValue(mfs, name, kv...)
+	if v == -1 {
+		t.Fatalf("no series %s%v", name, want)
+	}
+	return v
 }

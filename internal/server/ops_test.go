@@ -73,34 +73,9 @@ func scrape(t *testing.T, base string) (map[string]*dto.MetricFamily, string) {
 	return mfs, body
 }
 
-// value is the value of the series of name whose labels include want; -1
-// when there is none.
-func value(mfs map[string]*dto.MetricFamily, name string, want ...string) float64 {
-	mf := mfs[name]
-	if mf == nil {
-		return -1
-	}
-series:
-	for _, m := range mf.GetMetric() {
-		got := map[string]string{}
-		for _, l := range m.GetLabel() {
-			got[l.GetName()] = l.GetValue()
-		}
-		for i := 0; i+1 < len(want); i += 2 {
-			if got[want[i]] != want[i+1] {
-				continue series
-			}
-		}
-		switch {
-		case m.GetCounter() != nil:
-			return m.GetCounter().GetValue()
-		case m.GetGauge() != nil:
-			return m.GetGauge().GetValue()
-		case m.GetHistogram() != nil:
-			return float64(m.GetHistogram().GetSampleCount())
-		}
-	}
-	return -1
+// value is devtest.MetricValue, named for these tests' call sites.
+func value(mfs map[string]*dto.MetricFamily, name string, kv ...string) float64 {
+	return devtest.MetricValue(mfs, name, kv...)
 }
 
 // The ops endpoints: /healthz stays 200 while Postgres is down, /readyz is
