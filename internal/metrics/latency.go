@@ -17,7 +17,7 @@ var Buckets = []float64{
 type Latency struct {
 	RedisGet, RedisSet, RedisSetNegative prometheus.Observer // the read-through's Redis round trips
 	Postgres                             prometheus.Observer // every query through the pool
-	PostgresErrors                       prometheus.Counter  // queries that failed
+	PostgresErrors                       prometheus.Counter  // queries and connection acquisitions that failed
 }
 
 // NewLatency registers the histograms on reg.
@@ -34,7 +34,7 @@ func NewLatency(reg prometheus.Registerer) (*Latency, error) {
 	})
 	pgErrors := prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: Namespace, Name: "postgres_errors_total",
-		Help: "Postgres queries through the pool that failed.",
+		Help: "Postgres queries through the pool that failed, and connections the pool could not get (Postgres unreachable).",
 	})
 	for _, c := range []prometheus.Collector{redis, pg, pgErrors} {
 		if err := reg.Register(c); err != nil {

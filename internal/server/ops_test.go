@@ -209,6 +209,16 @@ func TestOpsEndpoints(t *testing.T) {
 		t.Errorf("/healthz with postgres down = %d, want 200", code)
 	}
 	h.mustValidate(sessions[0].token) // cached sessions still answer
+	if _, err := h.validate(newToken(t)); status.Code(err) != codes.Unavailable {
+		t.Errorf("uncached token with postgres down: %v, want Unavailable", err)
+	}
+	mfs, _ = scrape(t, base)
+	if v := value(mfs, "sessiond_postgres_errors_total"); v < 1 {
+		t.Errorf("sessiond_postgres_errors_total = %g with postgres down, want the failed connection counted", v)
+	}
+	if v := value(mfs, "grpc_server_handled_total", "grpc_method", "ValidateSession", "grpc_code", "Unavailable"); v != 1 {
+		t.Errorf("Unavailable ValidateSession calls = %g, want 1", v)
+	}
 	if err := pg.Restart(t.Context()); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/exaring/otelpgx"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/multitracer"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc/filters"
 	"go.opentelemetry.io/otel/attribute"
@@ -76,8 +77,21 @@ func (o *ops) pgTracer(waits *poolWaits) pgx.QueryTracer {
 	return multitracer.New(tracers...)
 }
 
-// pgTimer observes each query's duration, and counts its failure.
+// pgTimer observes each query's duration, and counts failed queries and
+// failed connection acquisitions (Postgres down shows as the latter).
 type pgTimer struct{ l *metrics.Latency }
+
+var _ pgxpool.AcquireTracer = pgTimer{}
+
+func (t pgTimer) TraceAcquireStart(ctx context.Context, _ *pgxpool.Pool, _ pgxpool.TraceAcquireStartData) context.Context {
+	return ctx
+}
+
+func (t pgTimer) TraceAcquireEnd(_ context.Context, _ *pgxpool.Pool, data pgxpool.TraceAcquireEndData) {
+	if data.Err != nil {
+		t.l.PostgresErrors.Inc()
+	}
+}
 
 type pgStartKey struct{}
 
