@@ -23,13 +23,21 @@ import (
 // connection, so no TCP: what sessiond itself costs per validation.
 func BenchmarkValidateSessionBufconn(b *testing.B) { benchmarkBufconn(b) }
 
-// BenchmarkValidateSessionBufconnTracing is the same with tracing on, every
-// call sampled, spans batched to an exporter that drops them: what tracing
-// adds to a cache hit.
+// BenchmarkValidateSessionBufconnTracing is the same with tracing on, spans
+// batched to an exporter that drops them: what tracing adds to a cache hit
+// when every call is sampled, and when none is (what most calls cost under a
+// ratio sampler).
 func BenchmarkValidateSessionBufconnTracing(b *testing.B) {
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithBatcher(tracetest.NewNoopExporter()))
-	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
-	benchmarkBufconn(b, server.WithTracerProvider(tp))
+	for _, sc := range []struct {
+		name    string
+		sampler sdktrace.Sampler
+	}{{"sampled", sdktrace.AlwaysSample()}, {"unsampled", sdktrace.NeverSample()}} {
+		b.Run(sc.name, func(b *testing.B) {
+			tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sc.sampler), sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+			b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+			benchmarkBufconn(b, server.WithTracerProvider(tp))
+		})
+	}
 }
 
 func benchmarkBufconn(b *testing.B, opts ...server.Option) {
