@@ -77,12 +77,16 @@ build: ## build bin/sessiond
 	$(GO) build -o $(BIN)/sessiond ./cmd/sessiond
 
 .PHONY: bench
-bench: deps ## sessionbench compare: sessiond vs no local cache vs direct Postgres vs a no-op gRPC server (throwaway servers, ~1.5 min)
+bench: deps ## sessionbench compare: sessiond (and with tracing on) vs no local cache vs direct Postgres vs a no-op gRPC server (throwaway servers, ~2 min)
 	$(GO) run ./cmd/sessionbench compare $(ARGS)
 
 .PHONY: bench-callers
 bench-callers: deps ## p50/p99 of a cache hit through ValidateSession, ext_authz Check and forward-auth GET (~30 s)
 	$(GO) test -run '^$$' -bench Callers -benchtime 60000x -count 3 ./internal/server
+.PHONY: alerts
+alerts: deps ## check the alert rules and run their unit tests (promtool)
+	promtool check rules deploy/prometheus/alerts.yml
+	cd deploy/prometheus && promtool test rules alerts_test.yml
 
 .PHONY: fuzz
 fuzz: ## fuzz the ValidateSession request path (FUZZTIME=5m)

@@ -50,6 +50,7 @@ func main() {
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	cfg := config.Default()
 	cfg.LogFormat = "text" // a person reads this one
+	cfg.ShutdownDelay = 0  // no load balancer in front: Ctrl-C stops at once
 	fs := flag.NewFlagSet("sessiond-dev", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg.RegisterFlags(fs)
@@ -104,7 +105,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return redact.New(cfg.DatabaseURL).Error(err)
 	}
 
-	srv, err := server.New(ctx, cfg, log)
+	opts, release, err := server.OpsOptions(ctx, cfg, getenv, log)
+	if err != nil {
+		return fmt.Errorf("%w (set SESSIOND_METRICS_ADDR or ARGS=--metrics-addr=… to use another, or empty for none)", err)
+	}
+	defer release()
+	srv, err := server.New(ctx, cfg, log, opts...)
 	if err != nil {
 		return err
 	}
@@ -112,7 +118,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return fmt.Errorf("listen on %s (set GRPC_ADDR or ARGS=--grpc-addr=… to use another): %w", cfg.GRPCAddr, err)
 	}
-	go announce(ctx, lis.Addr().(*net.TCPAddr), tokens, getenv("GRPCURL"), stdout)
+	go announce(ctx, lis.Addr().(*net.TCPAddr), cfg.MetricsAddr, tokens, getenv("GRPCURL"), stdout)
 	return srv.Run(ctx, lis)
 }
 
@@ -163,7 +169,7 @@ func prepareData(ctx context.Context, url string, fresh bool, stdout io.Writer) 
 
 // announce waits for health SERVING (after the startup warm), then prints
 // ready-to-paste commands.
-func announce(ctx context.Context, addr *net.TCPAddr, tokens map[string]string, grpcurl string, stdout io.Writer) {
+func announce(ctx context.Context, addr *net.TCPAddr, metricsAddr string, tokens map[string]string, grpcurl string, stdout io.Writer) {
 	target := fmt.Sprintf("localhost:%d", addr.Port)
 	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -200,6 +206,9 @@ func announce(ctx context.Context, addr *net.TCPAddr, tokens map[string]string, 
 	}
 	fmt.Fprintf(stdout, "  # warm 500 sessions, streaming progress\n  %s -plaintext -d '{\"count\": 500}' %s sessiond.v1.SessionService/WarmCache\n\n", grpcurl, target)
 	fmt.Fprintf(stdout, "  # statistics and health\n  %s -plaintext %s sessiond.v1.SessionService/GetStats\n  %s -plaintext %s grpc.health.v1.Health/Check\n\n", grpcurl, target, grpcurl, target)
+	if _, port, err := net.SplitHostPort(metricsAddr); err == nil && port != "0" {
+		fmt.Fprintf(stdout, "  # Prometheus metrics, liveness, readiness\n  curl -s localhost:%s/metrics | grep ^sessiond_\n  curl -i localhost:%s/healthz\n  curl -i localhost:%s/readyz\n\n", port, port, port)
+	}
 	fmt.Fprintf(stdout, "  # the same through sessiond's own CLI\n  go run ./cmd/sessiond warm --addr %s --estimate\n  go run ./cmd/sessiond stats --addr %s\n\nCtrl-C stops sessiond and the servers it started.\n", target, target)
 }
 

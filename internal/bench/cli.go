@@ -187,17 +187,19 @@ every call's sample.`, stderr)
 
 func cmdCompare(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("compare", `sessionbench compare seeds a database and drives the same traffic (see "load --help"
-for --mix) against four gRPC servers, all in this process, over TCP on 127.0.0.1
+for --mix) against five gRPC servers, all in this process, over TCP on 127.0.0.1
 with real gRPC clients:
   sessiond                  config.Default(), every seeded session warmed (warm window
                             31 days, no batch delay), ready before measuring
+  sessiond, tracing on      the same with OpenTelemetry tracing, every call sampled, spans
+                            batched to an exporter that drops them: the cost of tracing
   sessiond, no local cache  the same with LocalCache=false: a Redis round trip per call
   direct postgres           one pgx query per call (tiers.Postgres.Lookup + tiers.Check)
   no-op gRPC                a constant answer (a valid session of the usual size): the floor of any gRPC service here
 each in a closed loop with --concurrency callers, then with 1 caller (and, with
 --rate, an open loop at that rate). Without --database-url/--redis-url it starts
 throwaway servers and removes them when done, also on Ctrl-C. The default run takes
-about 1.5 minutes.`, stderr)
+about 2 minutes.`, stderr)
 	dbURL := fs.String("database-url", "", "Postgres URL of an empty database (empty: start a throwaway PostgreSQL)")
 	redisURL := fs.String("redis-url", "", "Redis URL (empty: start a throwaway redis-server)")
 	sessions := fs.Int("sessions", 100_000, "sessions to seed (demo shape: 10% expired, some users banned or deleted, activity over 30 days)")

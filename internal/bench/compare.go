@@ -15,6 +15,7 @@ import (
 // Scenario names, in the order compare runs them.
 const (
 	ScenarioSessiond       = "sessiond"
+	ScenarioSessiondTraced = "sessiond, tracing on"
 	ScenarioSessiondNoLoc  = "sessiond, no local cache"
 	ScenarioDirectPostgres = "direct postgres"
 	ScenarioNoop           = "no-op gRPC"
@@ -36,7 +37,7 @@ type CompareOptions struct {
 	Timeout     time.Duration // per call
 	Log         *slog.Logger  // sessiond's log
 	Progress    io.Writer     // one line per step
-	Scenarios   []string      // nil: all four
+	Scenarios   []string      // nil: all five
 	DevStack    devstack.PostgresOptions
 }
 
@@ -126,6 +127,9 @@ func Compare(ctx context.Context, o CompareOptions) (rep CompareReport, err erro
 	all := []scenario{
 		{ScenarioSessiond, true, func() (*target, error) {
 			return startSessiond(ctx, o.DatabaseURL, o.RedisURL, o.Sessions, true, o.Log)
+		}},
+		{ScenarioSessiondTraced, true, func() (*target, error) {
+			return startSessiondTraced(ctx, o.DatabaseURL, o.RedisURL, o.Sessions, o.Log)
 		}},
 		{ScenarioSessiondNoLoc, true, func() (*target, error) {
 			return startSessiond(ctx, o.DatabaseURL, o.RedisURL, o.Sessions, false, o.Log)

@@ -12,7 +12,7 @@ import (
 func TestMain(m *testing.M) { devtest.Main(m) }
 
 // TestCompareEndToEnd runs `sessionbench compare` with tiny settings against
-// real Postgres and Redis: four scenarios, two modes each, no wrong answer.
+// real Postgres and Redis: five scenarios, two modes each, no wrong answer.
 func TestCompareEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts servers and runs 8 one-second loads")
@@ -44,17 +44,17 @@ func TestCompareEndToEnd(t *testing.T) {
 			t.Errorf("%s, %s: codes %v", r.Scenario, r.Mode, r.Codes)
 		}
 	}
-	for _, s := range []string{ScenarioSessiond, ScenarioSessiondNoLoc, ScenarioDirectPostgres, ScenarioNoop} {
+	for _, s := range []string{ScenarioSessiond, ScenarioSessiondTraced, ScenarioSessiondNoLoc, ScenarioDirectPostgres, ScenarioNoop} {
 		if scenarios[s] != 2 {
 			t.Errorf("scenario %q: %d results, want 2 (closed C=4 and C=1)", s, scenarios[s])
 		}
 	}
-	if len(scenarios) != 4 {
-		t.Errorf("scenarios %v, want 4", scenarios)
+	if len(scenarios) != 5 {
+		t.Errorf("scenarios %v, want 5", scenarios)
 	}
 	for _, r := range rep.Results {
 		switch r.Scenario {
-		case ScenarioSessiond:
+		case ScenarioSessiond, ScenarioSessiondTraced:
 			if r.HitRate < 80 {
 				t.Errorf("sessiond %s: hit rate %.1f%%, want most answers cached", r.Mode, r.HitRate)
 			}
@@ -70,10 +70,13 @@ func TestCompareEndToEnd(t *testing.T) {
 
 	var md bytes.Buffer
 	WriteCompare(&md, rep)
-	for _, s := range []string{ScenarioSessiond, ScenarioSessiondNoLoc, ScenarioDirectPostgres, ScenarioNoop} {
+	for _, s := range []string{ScenarioSessiond, ScenarioSessiondTraced, ScenarioSessiondNoLoc, ScenarioDirectPostgres, ScenarioNoop} {
 		if !strings.Contains(md.String(), "| "+s+" |") {
 			t.Errorf("markdown table has no row for %q:\n%s", s, md.String())
 		}
+	}
+	if n := strings.Count(md.String(), "tracing cost, "); n != 2 {
+		t.Errorf("%d tracing cost lines, want one per mode:\n%s", n, md.String())
 	}
 }
 

@@ -95,4 +95,14 @@ func WriteCompare(w io.Writer, rep CompareReport) {
 			r.Scenario, r.Mode, r.Throughput, r.Latency.P50, r.Latency.P99, r.Latency.P999, r.HitRate,
 			fmtPG(r.PostgresPer1000), fmtWrong(r), tn, pn, td, pd)
 	}
+	// What tracing costs: the traced sessiond against the plain one, mode by mode.
+	for _, r := range rep.Results {
+		b := find(ScenarioSessiond, r.Mode)
+		if r.Scenario != ScenarioSessiondTraced || b == nil || b.Throughput == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\ntracing cost, %s: %+.1f %% calls/s, p50 %+.0f µs, p99 %+.0f µs", r.Mode,
+			100*(r.Throughput/b.Throughput-1), 1000*(r.Latency.P50-b.Latency.P50), 1000*(r.Latency.P99-b.Latency.P99))
+	}
+	fmt.Fprintln(w)
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -131,7 +133,7 @@ func startNoop() (*target, error) {
 // process on 127.0.0.1:0, warming every seeded session (WarmCount =
 // sessions, no batch delay, a warm window covering the seed's 30 days of
 // activity), and returns once it is ready (health SERVING).
-func startSessiond(ctx context.Context, databaseURL, redisURL string, sessions int, localCache bool, log *slog.Logger) (*target, error) {
+func startSessiond(ctx context.Context, databaseURL, redisURL string, sessions int, localCache bool, log *slog.Logger, opts ...server.Option) (*target, error) {
 	cfg := config.Default()
 	cfg.DatabaseURL, cfg.RedisURL = databaseURL, redisURL
 	cfg.GRPCAddr = "127.0.0.1:0"
@@ -140,7 +142,8 @@ func startSessiond(ctx context.Context, databaseURL, redisURL string, sessions i
 	cfg.WarmWindow = 31 * 24 * time.Hour
 	cfg.LocalCache = localCache
 	cfg.ShutdownTimeout = 5 * time.Second
-	srv, err := server.New(ctx, cfg, log)
+	cfg.ShutdownDelay = 0 // no load balancer to wait for
+	srv, err := server.New(ctx, cfg, log, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -168,4 +171,23 @@ func startSessiond(ctx context.Context, databaseURL, redisURL string, sessions i
 	return &target{addr: addr, stop: stop, postgres: func(ctx context.Context) (int64, error) {
 		return statsMisses(ctx, addr, "")
 	}}, nil
+}
+
+// startSessiondTraced is startSessiond with tracing on: every call sampled,
+// its spans (the call's, its Redis and Postgres calls') batched to an
+// exporter that drops them, so the measure is what tracing costs sessiond
+// itself, not a collector.
+func startSessiondTraced(ctx context.Context, databaseURL, redisURL string, sessions int, log *slog.Logger) (*target, error) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+	t, err := startSessiond(ctx, databaseURL, redisURL, sessions, true, log, server.WithTracerProvider(tp))
+	if err != nil {
+		_ = tp.Shutdown(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	stop := t.stop
+	t.stop = func() {
+		stop()
+		_ = tp.Shutdown(context.WithoutCancel(ctx))
+	}
+	return t, nil
 }

@@ -137,7 +137,12 @@ func serve(ctx context.Context, args []string, env Env) error {
 		return usageError{err}
 	}
 	log := newLogger(cfg, env.Stderr)
-	srv, err := server.New(ctx, cfg, log)
+	opts, release, err := server.OpsOptions(ctx, cfg, env.Getenv, log)
+	if err != nil {
+		return err
+	}
+	defer release()
+	srv, err := server.New(ctx, cfg, log, opts...)
 	if err != nil {
 		return err
 	}

@@ -50,6 +50,7 @@ func start(t *testing.T, dbURL, redisURL string, opts ...func(*config.Config)) *
 	cfg := config.Default()
 	cfg.DatabaseURL, cfg.RedisURL = dbURL, redisURL
 	cfg.WarmOnStart, cfg.RewarmInterval = false, 0
+	cfg.ShutdownDelay = 0 // no load balancer to wait for
 	for _, o := range opts {
 		o(&cfg)
 	}

@@ -64,6 +64,11 @@ type Config struct {
 	ExtAuthz      bool   // serve envoy.service.auth.v3.Authorization on the gRPC port
 	HTTPAddr      string // forward-auth listen address; empty: off
 	SessionCookie string // cookie carrying the session token, for ext_authz and forward-auth
+	// How it is operated (internal/server/ops.go): the HTTP listener for
+	// /metrics, /healthz and /readyz, and how long a stopping instance keeps
+	// serving after it reports NOT_SERVING.
+	MetricsAddr   string // empty: no ops listener
+	ShutdownDelay time.Duration
 }
 
 // Default is the one place defaults live; flag defaults are read from it.
@@ -102,6 +107,11 @@ func Default() Config {
 		LogLevel:            "info",
 		ExtAuthz:            true,
 		SessionCookie:       "session",
+		MetricsAddr:         ":9090",
+		// Load balancers and health-checking clients notice NOT_SERVING
+		// within a probe period or two; 5 s covers Kubernetes' endpoint
+		// propagation and a 2 s probe period.
+		ShutdownDelay: 5 * time.Second,
 	}
 }
 
@@ -156,6 +166,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.ExtAuthz, "ext-authz", c.ExtAuthz, "serve Envoy's external authorization API (envoy.service.auth.v3.Authorization/Check) on the gRPC port")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "forward-auth HTTP listen address, serving GET /v1/auth for nginx auth_request, Caddy forward_auth and Traefik forwardAuth (empty: off)")
 	fs.StringVar(&c.SessionCookie, "session-cookie", c.SessionCookie, "cookie that carries the session token for ext_authz and forward-auth (an Authorization: Bearer header also does)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "HTTP listen address for /metrics (Prometheus), /healthz and /readyz (empty: none)")
+	fs.DurationVar(&c.ShutdownDelay, "shutdown-delay", c.ShutdownDelay, "on SIGTERM, how long to report NOT_SERVING (gRPC health, /readyz 503) while still serving, so load balancers stop sending, before draining")
 }
 
 // Parse sets fs's flags from the environment (through getenv) and then from
@@ -227,6 +239,9 @@ func (c *Config) Validate() error {
 	}
 	if c.WarmBatchDelay < 0 {
 		bad("warm-batch-delay", "%s: must not be negative", c.WarmBatchDelay)
+	}
+	if c.ShutdownDelay < 0 {
+		bad("shutdown-delay", "%s: must not be negative (0 drains at once)", c.ShutdownDelay)
 	}
 	if c.RewarmInterval < 0 {
 		bad("rewarm-interval", "%s: must not be negative (0 turns it off)", c.RewarmInterval)

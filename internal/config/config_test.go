@@ -66,6 +66,12 @@ func TestParse(t *testing.T) {
 		{"batch size at the cap", []string{"--warm-batch-size=5000"}, base, func(c Config) bool { return c.WarmBatchSize == 5000 }, ""},
 		{"batch size over the cap", []string{"--warm-batch-size=5001"}, base, nil, "--warm-batch-size"},
 		{"batch size cap named", nil, with("SESSIOND_WARM_BATCH_SIZE", "100000"), nil, "at most 5000"},
+		{"ops defaults", nil, base, func(c Config) bool { return c.MetricsAddr == ":9090" && c.ShutdownDelay == 5*time.Second }, ""},
+		{"ops from the environment", nil, with("SESSIOND_METRICS_ADDR", "127.0.0.1:9100", "SESSIOND_SHUTDOWN_DELAY", "0s"), func(c Config) bool {
+			return c.MetricsAddr == "127.0.0.1:9100" && c.ShutdownDelay == 0
+		}, ""},
+		{"no ops listener", []string{"--metrics-addr="}, base, func(c Config) bool { return c.MetricsAddr == "" }, ""},
+		{"negative shutdown delay", []string{"--shutdown-delay=-1s"}, base, nil, "--shutdown-delay"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

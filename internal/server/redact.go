@@ -15,8 +15,8 @@ import (
 // Everything the server logs, and the error New returns, has the secrets of
 // cfg's URLs masked (internal/redact): whatever a driver puts in an error,
 // no password reaches a log line.
-func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, error) {
+func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Option) (*Server, error) {
 	secrets := redact.New(cfg.DatabaseURL, cfg.RedisURL)
-	s, err := build(ctx, cfg, slog.New(secrets.Handler(log.Handler())))
+	s, err := build(ctx, cfg, slog.New(secrets.Handler(log.Handler())), opts...)
 	return s, secrets.Error(err)
 }

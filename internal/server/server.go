@@ -53,6 +53,7 @@ type Server struct {
 	rt     *tiers.ReadThrough
 	warmer *warm.Warmer
 	waits  *poolWaits
+	ops    *ops // metrics, ops endpoints, tracing, stream draining (ops.go)
 
 	activity *activity.Recorder
 	inval    *invalidate.Invalidator
@@ -71,7 +72,7 @@ type Server struct {
 }
 
 // build is New, with a log that already masks the URLs' secrets.
-func build(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, error) {
+func build(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Option) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -90,8 +91,12 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	if _, ok := pcfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		pcfg.ConnConfig.RuntimeParams["application_name"] = "sessiond"
 	}
+	o, err := newOps(opts)
+	if err != nil {
+		return nil, err
+	}
 	waits := &poolWaits{}
-	pcfg.ConnConfig.Tracer = waits
+	pcfg.ConnConfig.Tracer = o.pgTracer(waits)
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres pool: %w", err)
@@ -100,7 +105,7 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	// Background work (Redis reconnection, warming) lives until shutdown,
 	// whatever happens to the ctx New was called with.
 	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
-	s := &Server{cfg: cfg, log: log, pool: pool, waits: waits, bg: bg, stopBackground: stop, ready: make(chan struct{})}
+	s := &Server{cfg: cfg, log: log, pool: pool, waits: waits, ops: o, bg: bg, stopBackground: stop, ready: make(chan struct{})}
 	s.redis, err = tiers.ConnectRedis(bg, cfg.RedisURL, tiers.RedisOptions{
 		TTL:              cfg.CacheTTL,
 		LocalCache:       cfg.LocalCache,
@@ -133,7 +138,7 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 		Interval: cfg.ActivityInterval, Granularity: cfg.ActivityGranularity, MaxPending: cfg.ActivityMaxPending,
 		Timeout: cfg.PostgresTimeout + 3*time.Second,
 	}, log)
-	s.rt = tiers.NewReadThrough(s.redis, tiers.NewPostgres(pool, tiers.TokenStorage(cfg.TokenStorage)),
+	s.rt = tiers.NewReadThrough(o.observeCache(s.redis), tiers.NewPostgres(pool, tiers.TokenStorage(cfg.TokenStorage)),
 		tiers.ReadThroughOptions{
 			RedisTimeout: cfg.RedisTimeout, PostgresTimeout: cfg.PostgresTimeout,
 			Negative: cfg.NegativeTTL > 0, Activity: s.activity,
@@ -149,15 +154,21 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	s.health = health.NewServer()
 	// The stock health server starts as SERVING; readiness is earned.
 	s.setServing(false)
-	s.grpc = grpc.NewServer(append(s.serverOptions(), security...)...)
+	s.grpc = grpc.NewServer(append(append(s.opsServerOptions(), s.serverOptions()...), security...)...)
 	s.svc = service.New(s.rt, s.warmer, s.inval, s.stats, log)
 	sessiondv1.RegisterSessionServiceServer(s.grpc, s.svc)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	if err := s.setupCallers(); err != nil {
-		stop()
+		s.stopBackground()
 		s.redis.Close()
-		pool.Close()
+		s.pool.Close()
+		return nil, err
+	}
+	if err := s.registerMetrics(); err != nil {
+		s.stopBackground()
+		s.redis.Close()
+		s.pool.Close()
 		return nil, err
 	}
 	return s, nil
@@ -224,12 +235,15 @@ func (s *Server) Service() *service.Service { return s.svc }
 // ReadThrough exposes the read-through (tests, stats).
 func (s *Server) ReadThrough() *tiers.ReadThrough { return s.rt }
 
-// Run serves on lis until ctx ends, then shuts down in order: health
-// NOT_SERVING, in-flight calls finish (bounded by the shutdown timeout, then
-// cut), background work stops, Redis and Postgres close. It returns nil after
-// a clean shutdown.
+// Run serves on lis (and the ops endpoints, see WithOpsListener) until ctx
+// ends, then shuts down in order: health NOT_SERVING (and /readyz 503), still
+// serving for the shutdown delay, long-lived streams ended, in-flight calls
+// finish (bounded by the shutdown timeout, then cut), background work stops,
+// the ops listener closes, Redis and Postgres close. It returns nil after a
+// clean shutdown.
 func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 	s.log.Info("sessiond serving", "addr", lis.Addr().String())
+	s.startOps()
 	s.startBackground()
 
 	served := make(chan error, 1)
@@ -244,13 +258,19 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 	case <-ctx.Done():
 		s.log.Info("shutting down")
 	}
-	s.shutdown()
+	s.shutdown(err == nil)
 	return err
 }
 
-func (s *Server) shutdown() {
+// shutdown stops the server; delay says it was serving until now, so load
+// balancers may still send to it (see delayShutdown).
+func (s *Server) shutdown(delay bool) {
 	s.health.Shutdown() // NOT_SERVING everywhere, and stays so
 	callersStopped := s.stopCallers()
+	if delay {
+		s.delayShutdown()
+	}
+	s.drainStreams()
 	done := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
@@ -267,6 +287,7 @@ func (s *Server) shutdown() {
 	s.stopBackground()
 	s.background.Wait()
 	s.rt.Wait() // reads and fills under way end within their timeouts
+	s.stopOps()
 	s.redis.Close()
 	s.pool.Close()
 	s.log.Info("stopped")

@@ -48,6 +48,7 @@ type harness struct {
 	stopOnce sync.Once
 
 	creds credentials.TransportCredentials // how the harness's client connects; nil: plaintext
+	opts  []server.Option                  // passed to server.New
 }
 
 type option func(*config.Config)
@@ -69,6 +70,7 @@ func prepare(t testing.TB, dbURL, redisURL string, opts ...option) *harness {
 	cfg.GRPCAddr = "127.0.0.1:0"
 	cfg.WarmOnStart = false
 	cfg.RewarmInterval = 0
+	cfg.ShutdownDelay = 0 // no load balancer to wait for
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -111,7 +113,7 @@ func (h *harness) run() {
 	}
 	runCtx, stop := context.WithCancel(context.Background())
 	h.stop = stop
-	srv, err := server.New(runCtx, h.cfg, log)
+	srv, err := server.New(runCtx, h.cfg, log, h.opts...)
 	if err != nil {
 		stop()
 		t.Fatal(err)

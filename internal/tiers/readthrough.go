@@ -66,6 +66,7 @@ type Counters struct {
 	// FillsDropped counts fills not made because maxFills were already
 	// under way (Redis slow): the next miss of those tokens reads again.
 	FillsDropped atomic.Int64
+	answers       answerCounts // by reason and source, except negative hits (see Answered)
 }
 
 // maxFills bounds the fills under way at once: a fill runs after its
@@ -230,6 +231,7 @@ func source(local bool) Source {
 func (rt *ReadThrough) answer(rec *Record, src Source) Result {
 	now := rt.opts.Now()
 	res := Result{Record: rec, Reason: Check(rec, now), Source: src}
+	rt.c.answers.add(res)
 	if res.Valid() && rt.opts.Activity != nil {
 		rt.opts.Activity.Record(rec.ID, rec.LastActivityAt, now)
 	}

@@ -122,6 +122,7 @@ type Warmer struct {
 	last    *Run // the latest run, running or not
 
 	est estimates
+	totals totals
 }
 
 // New returns a Warmer. Runs are bounded by base (the server's lifetime)
@@ -218,6 +219,7 @@ func (w *Warmer) run(ctx context.Context, r *Run, cfg Config) {
 		"count", cfg.Count, "batch_size", cfg.BatchSize, "batch_delay", cfg.BatchDelay.String(), "window", cfg.Window.String())
 	err := w.warm(ctx, r, cfg, log)
 	p := r.finish(outcomeOf(ctx, err), err)
+	w.totals.runs[p.Outcome].Add(1)
 	switch p.Outcome {
 	case Completed:
 		log.Info(fmt.Sprintf("[CacheWarming] Completed in %dms - Warmed: %d/%d (%.2f%% estimated hit rate) - Failed: %d",
@@ -394,6 +396,7 @@ func (w *Warmer) write(ctx context.Context, r *Run, cfg Config, st tiers.Stamp, 
 		}
 		// Counted before a timeout is acted on: what was written is reported.
 		p := r.batchDone(warmed, failed, skipped)
+		w.totals.add(warmed, failed, skipped)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
