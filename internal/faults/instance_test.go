@@ -54,7 +54,11 @@ func startInstance(ctx context.Context, logDir, name string, args []string) (*in
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(sessiondBin, append([]string{"serve", "--grpc-addr", "127.0.0.1:0", "--log-format", "json"}, args...)...)
+	// Several instances on one machine: each its own ops port (the default
+	// :9090 is for one per host), and a short shutdown delay (there is no
+	// load balancer to wait for).
+	cmd := exec.Command(sessiondBin, append([]string{"serve", "--grpc-addr", "127.0.0.1:0", "--log-format", "json",
+		"--metrics-addr", "127.0.0.1:0", "--shutdown-delay", "500ms"}, args...)...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")} // nothing from our environment leaks into its configuration
 	// Its own process group, so a Ctrl-C reaches only the test, which stops it; killed if the test dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -50,13 +50,34 @@ type Redis struct {
 	client atomic.Pointer[rueidis.Client]
 	opts   RedisOptions
 	fence  *Fence
+	memo   *memo // decoded values of what the client-side cache holds; nil without it
+}
+
+// invalidated is told of every invalidation Redis sends: the keys (nil: all
+// of this connection's) whose local copies rueidis just dropped.
+func (r *Redis) invalidated(m []rueidis.RedisMessage) {
+	if r.memo == nil {
+		return
+	}
+	if m == nil {
+		r.memo.invalidate(nil)
+		return
+	}
+	keys := make([]string, 0, len(m))
+	for _, k := range m {
+		if s, err := k.ToString(); err == nil {
+			keys = append(keys, s)
+		}
+	}
+	r.memo.invalidate(keys)
 }
 
 // ClientOption turns a Redis URL (redis://, rediss://, unix://) into the
-// rueidis options sessiond runs with. f, when not nil, hears of every
-// connection dialled (before it carries a command) and of every flush of the
-// local cache Redis sends: its dataset must be verified again.
-func ClientOption(url string, o RedisOptions, f *Fence) (rueidis.ClientOption, error) {
+// rueidis options sessiond runs with. r, when not nil, hears of every
+// connection dialled (before it carries a command), of every flush of the
+// local cache (its fence must verify the dataset again), and of every key
+// Redis invalidates (its memo of decoded values forgets it).
+func ClientOption(url string, o RedisOptions, r *Redis) (rueidis.ClientOption, error) {
 	opt, err := rueidis.ParseURL(url)
 	if err != nil {
 		return opt, fmt.Errorf("parse redis url: %w", redact.ParseError("the value", url, err)) // url.Parse quotes the whole URL
@@ -82,7 +103,8 @@ func ClientOption(url string, o RedisOptions, f *Fence) (rueidis.ClientOption, e
 		// events; one missed event would pin the client to a demoted master.
 		opt.Sentinel.TopologyRefreshInterval = 5 * time.Second
 	}
-	if f != nil {
+	if r != nil {
+		f := r.fence
 		dial := opt.DialCtxFn
 		opt.DialCtxFn = func(ctx context.Context, dst string, d *net.Dialer, cfg *tls.Config) (net.Conn, error) {
 			var conn net.Conn
@@ -106,6 +128,7 @@ func ClientOption(url string, o RedisOptions, f *Fence) (rueidis.ClientOption, e
 			if m == nil {
 				f.connChanged()
 			}
+			r.invalidated(m)
 		}
 	}
 	return opt, nil
@@ -120,7 +143,13 @@ func ClientOption(url string, o RedisOptions, f *Fence) (rueidis.ClientOption, e
 // is an error.
 func ConnectRedis(ctx context.Context, url string, o RedisOptions, log *slog.Logger) (*Redis, error) {
 	r := newRedis(o, log)
-	opt, err := ClientOption(url, o, r.fence)
+	if o.LocalCache {
+		// A decoded entry takes about two of the client-side cache's
+		// 512-byte values' worth of memory: this keeps the memo near the
+		// cache's own size.
+		r.memo = newMemo(max(o.LocalCacheBytes/1024, 4096))
+	}
+	opt, err := ClientOption(url, o, r)
 	if err != nil {
 		return nil, err
 	}
@@ -154,8 +183,8 @@ func ConnectRedis(ctx context.Context, url string, o RedisOptions, log *slog.Log
 }
 
 // NewRedis wraps an existing client (tests, tools). Its fence starts
-// verified unless the client was built with ClientOption and the fence
-// (use ConnectRedis for that).
+// verified, and it keeps no memo of decoded values: the client was not built
+// with the hooks that keep either honest (ConnectRedis does that).
 func NewRedis(c rueidis.Client, o RedisOptions, log *slog.Logger) *Redis {
 	r := newRedis(o, log)
 	r.setClient(c)
@@ -294,9 +323,21 @@ func (r *Redis) Get(ctx context.Context, key string) (Lookup, error) {
 	if !f.Trusted() {
 		return Lookup{Gen: f.Floor(), Distrusted: true}, nil
 	}
+	if r.memo != nil {
+		if l, ok := r.fromMemo(key); ok {
+			if !f.Trusted() {
+				return Lookup{Gen: f.Floor(), Distrusted: true}, nil
+			}
+			return l, nil
+		}
+	}
 	c, err := r.Client()
 	if err != nil {
 		return Lookup{Gen: f.Floor()}, err
+	}
+	var keyEpoch, genEpoch uint64
+	if r.memo != nil {
+		keyEpoch, genEpoch = r.memo.epoch(key), r.memo.epoch(GenKey)
 	}
 	// DoMultiCache falls back to plain round trips when the client-side
 	// cache is disabled. A local copy lives for min(TTL, the key's PTTL),
@@ -305,6 +346,9 @@ func (r *Redis) Get(ctx context.Context, key string) (Lookup, error) {
 		rueidis.CT(c.B().Get().Key(key).Cache(), r.opts.TTL),
 		rueidis.CT(c.B().Get().Key(GenKey).Cache(), r.opts.TTL))
 	l, err := r.decodeLookup(key, resps[0], resps[1])
+	if err == nil && r.memo != nil {
+		r.remember(key, keyEpoch, genEpoch, resps[1], l)
+	}
 	if err == nil && l.Local && l.Found() && f.tombs.active(key, l) {
 		// A local copy of a token this instance just invalidated may be
 		// the old one: ask Redis itself. (A local "nothing cached" is
@@ -357,6 +401,70 @@ func (r *Redis) decodeLookup(key string, entry, gen rueidis.RedisResult) (Lookup
 	return l, nil
 }
 
+// fromMemo answers from the memo when it holds the generation, the entry
+// and (for a session) its user's tombstone; ok is false when Get must ask
+// rueidis (something not held, or a key or user this instance just
+// invalidated).
+func (r *Redis) fromMemo(key string) (l Lookup, ok bool) {
+	now := time.Now().UnixNano()
+	g, ok := r.memo.get(GenKey, now)
+	if !ok {
+		return Lookup{}, false
+	}
+	e, ok := r.memo.get(key, now)
+	if !ok {
+		return Lookup{}, false
+	}
+	l = Lookup{Local: true, Gen: max(g.num, r.fence.Floor())}
+	switch {
+	case e.absent || e.head.gen != l.Gen:
+		return l, true // nothing cached, or not believed: a miss
+	case e.rec == nil:
+		l.Negative = true
+		return l, !r.fence.tombs.active(key, l)
+	}
+	l.Record, l.readStart = e.rec, e.head.readStart
+	if r.fence.tombs.active(key, l) || r.fence.tombs.userActive(e.rec.UserID) {
+		return Lookup{}, false
+	}
+	u, ok := r.memo.get(e.userKey, now)
+	if !ok {
+		return Lookup{}, false
+	}
+	if !u.absent && u.num >= l.readStart-r.fence.opts.TombstoneMargin.Milliseconds() {
+		return Lookup{Local: true, Gen: l.Gen}, true // read before its user was invalidated
+	}
+	return l, true
+}
+
+// remember puts what a read through rueidis's client-side cache returned in
+// the memo: the generation, and the entry (or its absence).
+func (r *Redis) remember(key string, keyEpoch, genEpoch uint64, gen rueidis.RedisResult, l Lookup) {
+	now := time.Now()
+	gv := memoValue{expires: until(now, r.opts.TTL, time.Time{})}
+	if n, err := gen.AsInt64(); err == nil {
+		gv.num = n
+	} else {
+		gv.absent = true
+	}
+	r.memo.put(GenKey, genEpoch, gv)
+	ev := memoValue{head: entryHead{gen: l.Gen, readStart: l.readStart}, rec: l.Record}
+	switch {
+	case l.Record != nil:
+		ev.userKey = userTombKey(l.Record.UserID)
+		ttl := ttlFor(l.Record, time.UnixMilli(l.readStart), r.opts.TTL, r.opts.NegativeTTL)
+		ev.expires = until(now, r.opts.TTL, time.UnixMilli(l.readStart).Add(ttl))
+	case l.Negative:
+		ev.expires = until(now, r.opts.TTL, time.UnixMilli(l.readStart).Add(r.opts.NegativeTTL))
+	default:
+		// Absent, or of another generation: remember it as absent for
+		// this generation (a write of the current one invalidates it).
+		ev.absent = true
+		ev.expires = until(now, r.opts.TTL, time.Time{})
+	}
+	r.memo.put(key, keyEpoch, ev)
+}
+
 // userRevoked reports whether the user of l's record was invalidated after
 // its data was read (less the skew margin): then the entry is not
 // believed. The user's tombstone is read through the client-side cache like
@@ -366,19 +474,30 @@ func (r *Redis) decodeLookup(key string, entry, gen rueidis.RedisResult) (Lookup
 func (r *Redis) userRevoked(ctx context.Context, c rueidis.Client, l Lookup) (bool, error) {
 	key := userTombKey(l.Record.UserID)
 	var res rueidis.RedisResult
-	if r.fence.tombs.userActive(l.Record.UserID) {
-		res = c.Do(ctx, c.B().Get().Key(key).Build())
-	} else {
+	var epoch uint64
+	cached := !r.fence.tombs.userActive(l.Record.UserID)
+	if cached {
+		if r.memo != nil {
+			epoch = r.memo.epoch(key)
+		}
 		res = c.DoCache(ctx, c.B().Get().Key(key).Cache(), r.opts.TTL)
+	} else {
+		res = c.Do(ctx, c.B().Get().Key(key).Build())
 	}
 	at, err := res.AsInt64()
-	switch {
-	case rueidis.IsRedisNil(err):
-		return false, nil
-	case err != nil:
+	absent := rueidis.IsRedisNil(err)
+	if err != nil && !absent {
 		return false, fmt.Errorf("redis get user tombstone: %w", err)
 	}
-	return at >= l.readStart-r.fence.opts.TombstoneMargin.Milliseconds(), nil
+	if cached && r.memo != nil {
+		now := time.Now()
+		exp := time.Time{}
+		if !absent {
+			exp = time.UnixMilli(at).Add(r.fence.opts.UserTombstoneTTL)
+		}
+		r.memo.put(key, epoch, memoValue{num: at, absent: absent, expires: until(now, r.opts.TTL, exp)})
+	}
+	return !absent && at >= l.readStart-r.fence.opts.TombstoneMargin.Milliseconds(), nil
 }
 
 // Gen returns the current cache generation, from Redis itself.
