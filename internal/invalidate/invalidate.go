@@ -31,6 +31,7 @@ import (
 
 // fence is what invalidation needs of the revocation fence.
 type fence interface {
+	Heard(b tiers.Batch)
 	Apply(ctx context.Context, b tiers.Batch) (int64, error)
 	NoteLoss()
 	Resync(ctx context.Context, why string) error
@@ -309,6 +310,14 @@ func (v *Invalidator) enqueue(_ *pgconn.PgConn, n *pgconn.Notification) {
 		if h.valid && h.from == v.id && h.join != 0 {
 			v.joinSeen.Store(h.join)
 		}
+	} else {
+		// This instance stops believing its local copies of what a
+		// revocation names the moment it hears of it, not once it is
+		// applied (which a slow Redis delays).
+		var b tiers.Batch
+		if _, err := v.parse(n.Payload, &b); err == nil {
+			v.fence.Heard(b)
+		}
 	}
 	v.mu.Lock()
 	v.queue = append(v.queue, n.Payload)
@@ -372,13 +381,19 @@ func (v *Invalidator) Run(ctx context.Context, listen bool) error {
 		var refused connectError
 		if errors.As(err, &refused) && postgresDown(refused.err) {
 			// Nothing can be committed, so nothing can be revoked: what is
-			// cached stays true. Look often, since a Postgres that is back
-			// accepts revocations before we hear them.
-			v.fence.SetListener(tiers.ListenerPostgresDown)
-			if !down {
-				v.log.Warn(MsgPostgresDown, "error", err)
+			// cached stays true, provided nothing was missed before
+			// Postgres went away (this listener heard it until moments
+			// ago). Look often, since a Postgres that is back accepts
+			// revocations before we hear them.
+			if down || time.Since(time.Unix(0, v.lastHeard.Load())) <= downGrace {
+				v.fence.SetListener(tiers.ListenerPostgresDown)
+				if !down {
+					v.log.Warn(MsgPostgresDown, "error", err)
+				}
+				down = true
+			} else {
+				v.fence.SetListener(tiers.ListenerLost)
 			}
-			down = true
 			if !sleep(ctx, pgDownRetry) {
 				return nil
 			}
@@ -406,6 +421,12 @@ const (
 	MsgListenerLost = "invalidation listener lost; answering from postgres until it hears again"
 	MsgPostgresDown = "postgres refuses connections; answering from the cache until it accepts them (nothing can be revoked meanwhile)"
 )
+
+// downGrace is how recently the listener must have heard something for a
+// refusal to count as Postgres being down with nothing missed: a listener
+// that was deaf for longer (a half-open connection, say) may have missed
+// revocations committed before Postgres went away, so it distrusts instead.
+const downGrace = time.Second
 
 // pgDownRetry is how often the listener tries again while Postgres refuses
 // connections. While it does, cached answers are given; this bounds how long

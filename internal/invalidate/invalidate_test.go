@@ -57,6 +57,8 @@ func (f *fakeFence) Apply(_ context.Context, b tiers.Batch) (int64, error) {
 
 func (f *fakeFence) NoteLoss() { f.mu.Lock(); f.losses++; f.mu.Unlock() }
 
+func (f *fakeFence) Heard(tiers.Batch) {}
+
 func (f *fakeFence) Resync(context.Context, string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

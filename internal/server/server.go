@@ -115,7 +115,10 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Opt
 		NegativeTTL:      cfg.NegativeTTL,
 		Fence: tiers.FenceOptions{
 			Listening: cfg.Invalidation,
-			Timeout:   cfg.PostgresTimeout,
+			// A drop slower than a read may be is a loss at once: every
+			// answer then comes from Postgres, instead of local copies that
+			// a slow Redis has not yet told us to drop.
+			Timeout: cfg.RedisTimeout,
 			// An invalidation must outlive every read that could predate it
 			// and still be written: a whole warming run at the longest.
 			TombstoneTTL: cfg.WarmTimeout + cfg.PostgresTimeout + 10*time.Second,

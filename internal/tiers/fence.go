@@ -423,6 +423,25 @@ type Batch struct {
 // Len is the number of invalidations in b.
 func (b Batch) Len() int { return len(b.Users) + len(b.Keys) + len(b.NewKeys) }
 
+// Heard makes this instance distrust its local copies of what b names for
+// LocalTombstoneTTL, and moves Seq: for an invalidation received but not
+// yet applied (Apply does it too).
+func (f *Fence) Heard(b Batch) {
+	if b.Len() == 0 {
+		return
+	}
+	f.seq.Add(1)
+	for _, u := range b.Users {
+		f.tombs.mark("u:" + u)
+	}
+	for _, k := range b.Keys {
+		f.tombs.mark("k:" + k)
+	}
+	for _, k := range b.NewKeys {
+		f.tombs.mark("n:" + k)
+	}
+}
+
 // dropUsersScript, in one user's slot (or several users' on a Redis that is
 // not a cluster): each user's tombstone, which every read of one of the
 // user's entries checks (see Redis.Get). It lives as long as an entry
@@ -466,16 +485,7 @@ func (f *Fence) Apply(ctx context.Context, b Batch) (int64, error) {
 	if b.Len() == 0 {
 		return 0, nil
 	}
-	f.seq.Add(1)
-	for _, u := range b.Users {
-		f.tombs.mark("u:" + u)
-	}
-	for _, k := range b.Keys {
-		f.tombs.mark("k:" + k)
-	}
-	for _, k := range b.NewKeys {
-		f.tombs.mark("n:" + k)
-	}
+	f.Heard(b)
 	n, err := f.apply(ctx, b)
 	if err != nil {
 		f.NoteLoss()
