@@ -66,7 +66,7 @@ type Counters struct {
 	// FillsDropped counts fills not made because maxFills were already
 	// under way (Redis slow): the next miss of those tokens reads again.
 	FillsDropped atomic.Int64
-	answers       answerCounts // by reason and source, except negative hits (see Answered)
+	answers      answerCounts // by reason and source, except negative hits (see Answered)
 }
 
 // maxFills bounds the fills under way at once: a fill runs after its

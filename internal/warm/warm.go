@@ -121,7 +121,7 @@ type Warmer struct {
 	current *Run // the running run, nil when none
 	last    *Run // the latest run, running or not
 
-	est estimates
+	est    estimates
 	totals totals
 }
 
