@@ -69,6 +69,7 @@ func prepare(t testing.TB, dbURL, redisURL string, opts ...option) *harness {
 	cfg.DatabaseURL, cfg.RedisURL = dbURL, redisURL
 	cfg.GRPCAddr = "127.0.0.1:0"
 	cfg.WarmOnStart = false
+	cfg.WarmBackground = false // tests that want it say so
 	cfg.RewarmInterval = 0
 	cfg.ShutdownDelay = 0 // no load balancer to wait for
 	for _, o := range opts {
