@@ -25,7 +25,7 @@ func (f *fakeCache) Seq() uint64 { return f.seq.Load() }
 
 func (f *fakeCache) AwaitTrust(context.Context, time.Duration) bool { return true }
 
-func (f *fakeCache) Get(_ context.Context, key string) (Lookup, error) {
+func (f *fakeCache) Get(_ context.Context, key string, _ time.Duration) (Lookup, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.failing {

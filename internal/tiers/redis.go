@@ -330,7 +330,8 @@ func (r *Redis) AwaitTrust(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// Get returns what is cached under key, honouring ctx's deadline. Nothing is
+// Get returns what is cached under key, honouring ctx's deadline and
+// bounding by timeout (when positive) what waits for Redis. Nothing is
 // believed while the fence does not trust Redis (checked before the read,
 // and after it, since the read may have crossed a new connection): that is a
 // miss marked Distrusted, without a round trip when known before. An entry
@@ -341,7 +342,7 @@ func (r *Redis) AwaitTrust(ctx context.Context, d time.Duration) bool {
 // after the reply to the write, so the local copy may still be the old one.
 // A Redis failure, or an entry that cannot be decoded, is an error; callers
 // treat it as a miss.
-func (r *Redis) Get(ctx context.Context, key string) (Lookup, error) {
+func (r *Redis) Get(ctx context.Context, key string, timeout time.Duration) (Lookup, error) {
 	f := r.fence
 	if !f.Trusted() {
 		return Lookup{Gen: f.Floor(), Distrusted: true}, nil
@@ -353,6 +354,11 @@ func (r *Redis) Get(ctx context.Context, key string) (Lookup, error) {
 			}
 			return l, nil
 		}
+	}
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
 	}
 	c, err := r.Client()
 	if err != nil {
