@@ -223,6 +223,7 @@ func TestWarmedEntryEqualsFilledEntry(t *testing.T) {
 		if r := h.mustValidate(s.token); r.GetSource() != sessiondv1.Source_SOURCE_POSTGRES {
 			t.Fatalf("after DEL, answered from %v", r.GetSource())
 		}
+		h.filled()
 		filled := h.entry(keyOf(s))
 		if warmed[s.id] != filled {
 			t.Errorf("session %s:\nwarmed %v\nfilled %v", s.id, warmed[s.id], filled)
@@ -508,7 +509,8 @@ func TestWarmCacheBadRequests(t *testing.T) {
 func TestGetStatsCountsTraffic(t *testing.T) {
 	h := start(t, devtest.Database(t), devtest.RedisURL(t), func(c *config.Config) { c.PoolSize = 3 })
 	s := h.addActive(2)
-	h.mustValidate(s[0].token)  // miss
+	h.mustValidate(s[0].token) // miss
+	h.filled()
 	h.mustValidate(s[0].token)  // hit (local or redis)
 	h.mustValidate(s[1].token)  // miss
 	h.mustValidate(newToken(t)) // miss: not found

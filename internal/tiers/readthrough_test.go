@@ -129,6 +129,7 @@ func TestReadThroughTiers(t *testing.T) {
 			if res.Source != tt.wantSource || res.Reason != tt.wantReason || res.Record != rec {
 				t.Errorf("got source %v reason %v record %p, want %v %v %p", res.Source, res.Reason, res.Record, tt.wantSource, tt.wantReason, rec)
 			}
+			rt.Wait() // the fill runs after the answer
 			cache.failing = false
 			if _, filled := cache.m[Key(TokenHash("tok"))]; tt.wantFill && !filled {
 				t.Error("miss did not fill the cache")
