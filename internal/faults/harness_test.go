@@ -589,15 +589,28 @@ func loadModel(ctx context.Context, db *pgxpool.Conn) (*model, error) {
 // instants.
 func (s *suite) commit(t *testing.T, what string, lag time.Duration, fn func(ctx context.Context, tx pgx.Tx) error, apply func() []*sessionRow) (before, after time.Time) {
 	t.Helper()
+	before, after, err := s.tryCommit(t, what, lag, fn, apply)
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	return before, after
+}
+
+// tryCommit is commit for a transaction that may be refused (no primary
+// yet): a failure before COMMIT was sent is returned, and nothing is
+// recorded; a failed COMMIT fails the test, since the transaction may have
+// committed all the same.
+func (s *suite) tryCommit(t *testing.T, what string, lag time.Duration, fn func(ctx context.Context, tx pgx.Tx) error, apply func() []*sessionRow) (before, after time.Time, err error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(s.ctx, time.Minute)
 	defer cancel()
 	tx, err := s.db.Begin(ctx)
 	if err != nil {
-		t.Fatalf("%s: begin: %v", what, err)
+		return before, after, fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	if err := fn(ctx, tx); err != nil {
-		t.Fatalf("%s: %v", what, err)
+		return before, after, err
 	}
 	before = time.Now()
 	err = tx.Commit(ctx)
@@ -611,7 +624,7 @@ func (s *suite) commit(t *testing.T, what string, lag time.Duration, fn func(ctx
 			tok.Changes = append(tok.Changes, Change{Before: before, After: after, Lag: lag, To: st, What: s.current + ": " + what})
 		}
 	}
-	return before, after
+	return before, after, nil
 }
 
 // statements is a commit body that runs the sql statements in order, each with args.
@@ -669,18 +682,32 @@ func userIDs(users []*userRow) []string {
 
 // setUsers sets a column of the users in one UPDATE.
 func (s *suite) setUsers(t *testing.T, what string, lag time.Duration, users []*userRow, set string, mark func(*userRow)) (time.Time, time.Time) {
-	return s.commit(t, what, lag, statements([]any{userIDs(users)}, `UPDATE platform.users SET `+set+` WHERE id = ANY($1::uuid[])`), func() []*sessionRow {
+	return s.commit(t, what, lag, setUsersSQL(users, set), s.markUsers(users, mark))
+}
+
+func setUsersSQL(users []*userRow, set string) func(ctx context.Context, tx pgx.Tx) error {
+	return statements([]any{userIDs(users)}, `UPDATE platform.users SET `+set+` WHERE id = ANY($1::uuid[])`)
+}
+
+// markUsers is setUsers' model update.
+func (s *suite) markUsers(users []*userRow, mark func(*userRow)) func() []*sessionRow {
+	return func() []*sessionRow {
 		for _, u := range users {
 			mark(u)
 		}
 		return s.sessionsOf(users)
-	})
+	}
 }
 
 func (s *suite) ban(t *testing.T, lag time.Duration, users ...*userRow) (time.Time, time.Time) {
-	return s.setUsers(t, fmt.Sprintf("ban %d user(s)", len(users)), lag, users, `banned_until = now() + interval '1 day'`,
-		func(u *userRow) { u.banned = true })
+	return s.setUsers(t, banWhat(users), lag, users, banSet, banned)
 }
+
+const banSet = `banned_until = now() + interval '1 day'`
+
+func banned(u *userRow) { u.banned = true }
+
+func banWhat(users []*userRow) string { return fmt.Sprintf("ban %d user(s)", len(users)) }
 
 func (s *suite) unban(t *testing.T, lag time.Duration, users ...*userRow) (time.Time, time.Time) {
 	return s.setUsers(t, fmt.Sprintf("unban %d user(s)", len(users)), lag, users, `banned_until = NULL`,

@@ -179,8 +179,8 @@ func (s *suite) sentinelMasterKilled(sc *scenario) {
 // listener must follow the new primary without a restart. While no primary
 // answers, cached sessions may keep validating (the listener sees only
 // refusals and a read-only host) and sessions never cached get
-// UNAVAILABLE; revocations committed on the new primary right after the
-// promotion must be refused within DefaultLag.
+// UNAVAILABLE; revocations committed on the new primary from the moment it
+// takes writes must be refused within DefaultLag.
 func (s *suite) postgresPromoted(sc *scenario) {
 	t := sc.t
 	cold, coldToks := s.coldSessions(t)
@@ -207,19 +207,45 @@ func (s *suite) postgresPromoted(sc *scenario) {
 	sc.faultBegins()
 	s.defaultMix(focus, Draw{Weight: 0.10, Tokens: tokensOf(rowsOf(cold))})
 	down := time.Now()
-	ctx, cancel := context.WithTimeout(s.ctx, time.Minute)
-	err = s.pair.Promote(ctx)
-	cancel()
-	if err != nil {
+	// Killed before the promotion starts, so that no commit of the harness
+	// can reach it (and be lost with it) from here on.
+	if err := s.pair.Primary().Kill(); err != nil {
+		t.Fatal(err)
+	}
+	s.db.Reset() // the harness's connections died with it; new ones find the primary there is
+	promoted := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(s.ctx, time.Minute)
+		defer cancel()
+		promoted <- s.pair.Promote(ctx)
+	}()
+	// The first revocation is committed the moment the promoted replica
+	// takes writes, as an application retrying its writes would: sessiond's
+	// listener may not be listening there yet.
+	first := later[:1]
+	var firstAt time.Time
+	attempts := 0
+	for deadline := time.Now().Add(time.Minute); ; attempts++ {
+		_, after, err := s.tryCommit(t, banWhat(first), DefaultLag, setUsersSQL(first, banSet), s.markUsers(first, banned))
+		if err == nil {
+			firstAt = after
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no primary took a ban within a minute of the kill: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond) // the next attempt: a primary is polled for, with the deadline above
+	}
+	if err := <-promoted; err != nil {
 		t.Fatal(err)
 	}
 	up := time.Now()
-	s.db.Reset() // the harness's connections died with the old primary
-	s.revoke(t, DefaultLag, later...)
+	s.revoke(t, DefaultLag, later[1:]...)
 	sc.faultEnds()
 	s.defaultMix(nil)
 	sc.pull()
-	sc.note("primary killed to replica writable: %.2f s", up.Sub(down).Seconds())
+	sc.note("primary killed to the first ban committed on the promoted replica: %.2f s (after %d refusals), to the promotion's end: %.2f s",
+		firstAt.Sub(down).Seconds(), attempts, up.Sub(down).Seconds())
 
 	// While no primary answered (from the kill to the promoted replica
 	// accepting writes): what the cached sessions and the cold ones got.
