@@ -331,7 +331,7 @@ func TestValidateSessionReasons(t *testing.T) {
 			}
 			valid := tt.reason == sessiondv1.Reason_REASON_UNSPECIFIED
 			// Every tier gives the same answer: ask again until it comes from
-			// the cache (the fill is synchronous, the local copy may lag).
+			// the cache (the fill lands after the answer, the local copy may lag).
 			var cached *sessiondv1.ValidateSessionResponse
 			eventually(t, 5*time.Second, func() error {
 				cached = h.mustValidate(s.token)
