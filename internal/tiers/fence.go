@@ -531,7 +531,7 @@ func (d drop) users(ctx context.Context, users []string) (int64, error) {
 	}
 	g := newGroups(d.cluster, d.now, d.userTTL)
 	for _, u := range users {
-		g.add("{"+u+"}", nil, userTombKey(u))
+		g.add(u, nil, userTombKey(u))
 	}
 	var n int64
 	for _, r := range dropUsersScript.execMulti(ctx, d.c, g.execs()) {
@@ -549,10 +549,10 @@ func (d drop) users(ctx context.Context, users []string) (int64, error) {
 func (d drop) keys(ctx context.Context, keys, newKeys []string) (int64, error) {
 	g := newGroups(d.cluster, d.now, d.ttl)
 	for _, k := range keys {
-		g.add(tagOf(k), []string{"0"}, k, tombKey(k))
+		g.add(hashTag(k), []string{"0"}, k, tombKey(k))
 	}
 	for _, k := range newKeys {
-		g.add(tagOf(k), []string{"1"}, k, newTombKey(k))
+		g.add(hashTag(k), []string{"1"}, k, newTombKey(k))
 	}
 	var total int64
 	for _, r := range dropKeysScript.execMulti(ctx, d.c, g.execs()) {

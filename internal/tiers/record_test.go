@@ -2,6 +2,7 @@ package tiers
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -79,8 +80,9 @@ func TestKeys(t *testing.T) {
 	if got := TokenHash("abc"); got != abc {
 		t.Fatalf("TokenHash(abc) = %s", got)
 	}
-	// The digest in unpadded base64url, in a hash tag.
-	want := "s:{ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0}"
+	// The first 16 bytes of the digest in unpadded base64url, the first
+	// character the hash tag.
+	want := "s:{u}ngWv48Bz-pBQUDeXa4iIw"
 	for _, tt := range []struct {
 		name string
 		got  string
@@ -116,5 +118,24 @@ func TestTTLFor(t *testing.T) {
 		if got := ttlFor(&Record{ExpiresAt: tt.expires}, now, 5*time.Minute, 30*time.Second); got != tt.want {
 			t.Errorf("%s: ttl %v, want %v", tt.name, got, tt.want)
 		}
+	}
+}
+
+// An entry and its tombstones share a hash tag (one slot on a cluster), and
+// entries spread over 64 tags.
+func TestKeySlots(t *testing.T) {
+	tags := map[string]bool{}
+	for i := range 5000 {
+		k := TokenKey(strconv.Itoa(i))
+		if hashTag(k) != hashTag(tombKey(k)) || hashTag(k) != hashTag(newTombKey(k)) || len(hashTag(k)) != 1 {
+			t.Fatalf("%s: tags %q %q %q", k, hashTag(k), hashTag(tombKey(k)), hashTag(newTombKey(k)))
+		}
+		tags[hashTag(k)] = true
+	}
+	if len(tags) != 64 {
+		t.Errorf("entries over %d tags, want 64", len(tags))
+	}
+	if got := hashTag(GenKey); got != "fence" || hashTag(NodesKey) != got || hashTag(CoveredKey) != got {
+		t.Errorf("the fence's keys are not in one slot")
 	}
 }

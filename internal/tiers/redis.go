@@ -671,7 +671,7 @@ func (w *writes) add(i int, key string, rec *Record, expireAt time.Time) {
 		checkNew = newTombKey(key)
 	}
 	w.buf = encodeEntry(w.buf[:0], w.gen, w.stamp, rec)
-	w.groups.addEntry(tagOf(key), i, []string{strconv.FormatInt(expireAt.UnixMilli(), 10), string(w.buf)}, key, tombKey(key), checkNew)
+	w.groups.addEntry(hashTag(key), i, []string{strconv.FormatInt(expireAt.UnixMilli(), 10), string(w.buf)}, key, tombKey(key), checkNew)
 }
 
 func (w *writes) exec(ctx context.Context, res []WriteResult, errs []error) {
