@@ -20,6 +20,7 @@ const usage = `sessionbench measures sessiond.
   sessionbench seed     --database-url URL [--users N] [--sessions N] [--seed S] [--tokens FILE]
   sessionbench load     --addr HOST:PORT --tokens FILE [--rate R | --concurrency C] [--duration D] [--mix ...] [--json] [--plot out.png]
   sessionbench compare  [--database-url URL --redis-url URL] [--sessions N] [--duration D] [--concurrency C] [--rate R] [--json] [--plot out.png]
+  sessionbench warm     [--database-url URL] [--sessions N] [--batch-size B] [--delay D] [--engines single,cluster] [--json]
 
 Run "sessionbench COMMAND --help" for a command's flags.
 `
@@ -38,6 +39,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdLoad(ctx, args[1:], stdout, stderr)
 	case "compare":
 		return cmdCompare(ctx, args[1:], stdout, stderr)
+	case "warm":
+		return cmdWarm(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return flag.ErrHelp
