@@ -18,8 +18,12 @@ const (
 	ScenarioSessiondTraced = "sessiond, tracing on"
 	ScenarioSessiondNoLoc  = "sessiond, no local cache"
 	ScenarioDirectPostgres = "direct postgres"
+	ScenarioIdeal          = "ideal cache"
 	ScenarioNoop           = "no-op gRPC"
 )
+
+// Scenarios lists every scenario, in the order Compare runs them.
+var Scenarios = []string{ScenarioSessiond, ScenarioSessiondTraced, ScenarioSessiondNoLoc, ScenarioDirectPostgres, ScenarioIdeal, ScenarioNoop}
 
 // CompareOptions configures Compare.
 type CompareOptions struct {
@@ -37,12 +41,13 @@ type CompareOptions struct {
 	Timeout     time.Duration // per call
 	Log         *slog.Logger  // sessiond's log
 	Progress    io.Writer     // one line per step
-	Scenarios   []string      // nil: all five
+	Scenarios   []string      // nil: all of Scenarios
 	DevStack    devstack.PostgresOptions
 }
 
 // CompareReport is what Compare measured.
 type CompareReport struct {
+	Command string       `json:"command,omitempty"` // the sessionbench command line, when run by one
 	Seed    seed.Summary `json:"seed"`
 	Mix     string       `json:"mix"`
 	Results []Result     `json:"results"`
@@ -115,6 +120,7 @@ func Compare(ctx context.Context, o CompareOptions) (rep CompareReport, err erro
 		{ScenarioDirectPostgres, true, func() (*target, error) {
 			return startDirect(ctx, o.DatabaseURL, max(o.PoolSize, 1))
 		}},
+		{ScenarioIdeal, true, func() (*target, error) { return startIdeal(ctx, o.DatabaseURL) }},
 		{ScenarioNoop, false, startNoop},
 	}
 	for _, sc := range all {

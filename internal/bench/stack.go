@@ -2,8 +2,10 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"slices"
 	"strings"
 
@@ -25,6 +27,7 @@ func progressTo(w io.Writer) func(format string, a ...any) {
 type stack struct {
 	progress func(format string, a ...any)
 	stops    []func()
+	pg       *devstack.Postgres // the throwaway PostgreSQL, if one was started
 }
 
 func (s *stack) stop() {
@@ -46,6 +49,7 @@ func (s *stack) postgres(ctx context.Context, url string, opts devstack.Postgres
 		return "", err
 	}
 	s.stops = append(s.stops, func() { _ = pg.Stop() })
+	s.pg = pg
 	return pg.CreateDatabase(ctx, "sessionbench")
 }
 
@@ -107,6 +111,26 @@ func parseEngines(s string) ([]string, error) {
 		out = append(out, e)
 	}
 	return out, nil
+}
+
+// writeReport prints rep as indented JSON, or as markdown by md.
+func writeReport(w io.Writer, asJSON bool, rep any, md func(io.Writer)) error {
+	if !asJSON {
+		md(w)
+		return nil
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
+
+// sessiondLog is sessiond's log at level (a slog level name), in text to w.
+func sessiondLog(w io.Writer, level string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("invalid --log-level: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lvl})), nil
 }
 
 // commandLine renders a sessionbench invocation for a report, each argument

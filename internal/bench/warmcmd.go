@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -120,14 +119,8 @@ engines) takes 2-3 minutes on 2 cores; --sessions 100000 takes about 20 s.`, std
 		}
 	}
 	if len(rep.Results) > 0 {
-		if *asJSON {
-			enc := json.NewEncoder(stdout)
-			enc.SetIndent("", "  ")
-			if jerr := enc.Encode(rep); jerr != nil {
-				return errors.Join(err, jerr)
-			}
-		} else {
-			WriteWarm(stdout, rep)
+		if werr := writeReport(stdout, *asJSON, rep, func(w io.Writer) { WriteWarm(w, rep) }); werr != nil {
+			return errors.Join(err, werr)
 		}
 	}
 	return err
