@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/sessiond/sessiond/internal/seed"
@@ -221,7 +223,12 @@ about 2.5 minutes. See also "warm", "flood" and "coldstart".`, stderr)
 	logLevel := fs.String("log-level", "warn", "sessiond's log level (to stderr)")
 	asJSON := fs.Bool("json", false, "print JSON instead of markdown")
 	plotPath := fs.String("plot", "", "write hit rate and p99 per second of each scenario's first mode to this PNG")
+	scenariosS := fs.String("scenarios", "", "comma-separated scenarios to run (empty: all): "+strings.Join(Scenarios, ", "))
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	scenarios, err := parseScenarios(*scenariosS)
+	if err != nil {
 		return err
 	}
 	mix, err := ParseMix(*mixS)
@@ -235,7 +242,7 @@ about 2.5 minutes. See also "warm", "flood" and "coldstart".`, stderr)
 	rep, err := Compare(ctx, CompareOptions{
 		DatabaseURL: *dbURL, RedisURL: *redisURL, Users: *users, Sessions: *sessions, Seed: *s,
 		Duration: *dur, Concurrency: *conc, Rate: *rate, Conns: *conns, PoolSize: *pool, Mix: mix, Timeout: *timeout,
-		Log: log, Progress: stderr,
+		Log: log, Progress: stderr, Scenarios: scenarios,
 	})
 	if err != nil && len(rep.Results) == 0 {
 		return err
@@ -265,4 +272,22 @@ about 2.5 minutes. See also "warm", "flood" and "coldstart".`, stderr)
 		}
 	}
 	return nil
+}
+
+// parseScenarios reads --scenarios: nil (all) when empty.
+func parseScenarios(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var out []string
+	for name := range strings.SplitSeq(s, ",") {
+		name = strings.TrimSpace(name)
+		if !slices.Contains(Scenarios, name) {
+			return nil, fmt.Errorf("invalid --scenarios: %q is not one of: %s", name, strings.Join(Scenarios, ", "))
+		}
+		if !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	return out, nil
 }

@@ -213,3 +213,16 @@ func TestReports(t *testing.T) {
 		}
 	}
 }
+
+func TestParseScenarios(t *testing.T) {
+	if got, err := parseScenarios(""); got != nil || err != nil {
+		t.Errorf(`parseScenarios("") = %q, %v; want all`, got, err)
+	}
+	got, err := parseScenarios("ideal cache, no-op gRPC,ideal cache")
+	if err != nil || strings.Join(got, "|") != "ideal cache|no-op gRPC" {
+		t.Errorf("parseScenarios = %q, %v", got, err)
+	}
+	if _, err := parseScenarios("sessiond,redis"); err == nil || !strings.Contains(err.Error(), `"redis" is not one of`) {
+		t.Errorf("unknown scenario: %v", err)
+	}
+}
