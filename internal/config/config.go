@@ -41,6 +41,7 @@ type Config struct {
 	WarmTimeout     time.Duration
 	RewarmInterval  time.Duration
 	RewarmThreshold float64
+	WarmBackground  bool
 
 	NegativeTTL         time.Duration
 	Invalidation        bool
@@ -96,6 +97,7 @@ func Default() Config {
 		WarmTimeout:      5 * time.Minute,
 		RewarmInterval:   time.Hour,
 		RewarmThreshold:  85,
+		WarmBackground:   true,
 		// An unknown token costs one Postgres query per 30 s, not per call.
 		NegativeTTL:         30 * time.Second,
 		Invalidation:        true,
@@ -149,6 +151,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.WarmTimeout, "warm-timeout", c.WarmTimeout, "bound on one warming run")
 	fs.DurationVar(&c.RewarmInterval, "rewarm-interval", c.RewarmInterval, "how often to check the hit rate and re-warm below the threshold (0 = never)")
 	fs.Float64Var(&c.RewarmThreshold, "rewarm-threshold", c.RewarmThreshold, "hit rate (percent) under which a periodic check re-warms")
+	fs.BoolVar(&c.WarmBackground, "warm-background", c.WarmBackground, "after the startup warm (health SERVING), warm the rest of the window in the background, paced by Redis's round trip")
 	fs.DurationVar(&c.NegativeTTL, "negative-ttl", c.NegativeTTL, "how long a \"no such session\" answer is cached (0 = not cached); a session created later with that token clears it")
 	fs.BoolVar(&c.Invalidation, "invalidation", c.Invalidation, "LISTEN for the database triggers' change notifications and drop what they name from the cache")
 	fs.DurationVar(&c.ActivityInterval, "activity-interval", c.ActivityInterval, "how often session activity seen on cache hits is written to last_activity_at")

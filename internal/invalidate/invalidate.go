@@ -378,22 +378,19 @@ func (v *Invalidator) Run(ctx context.Context, listen bool) error {
 		if lived {
 			b.Reset()
 		}
+		// Nothing can be committed while Postgres refuses connections, so
+		// nothing can be revoked: what is cached stays true, provided
+		// nothing was missed before Postgres went away (this listener heard
+		// it until moments ago). Look often, since a Postgres that is back
+		// accepts revocations before we hear them.
 		var refused connectError
-		if errors.As(err, &refused) && postgresDown(refused.err) {
-			// Nothing can be committed, so nothing can be revoked: what is
-			// cached stays true, provided nothing was missed before
-			// Postgres went away (this listener heard it until moments
-			// ago). Look often, since a Postgres that is back accepts
-			// revocations before we hear them.
-			if down || time.Since(time.Unix(0, v.lastHeard.Load())) <= downGrace {
-				v.fence.SetListener(tiers.ListenerPostgresDown)
-				if !down {
-					v.log.Warn(MsgPostgresDown, "error", err)
-				}
-				down = true
-			} else {
-				v.fence.SetListener(tiers.ListenerLost)
+		if errors.As(err, &refused) && postgresDown(refused.err) &&
+			(down || time.Since(time.Unix(0, v.lastHeard.Load())) <= downGrace) {
+			v.fence.SetListener(tiers.ListenerPostgresDown)
+			if !down {
+				v.log.Warn(MsgPostgresDown, "error", err)
 			}
+			down = true
 			if !sleep(ctx, pgDownRetry) {
 				return nil
 			}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"math"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -60,7 +61,9 @@ func (s *Server) warmOnStart(ctx context.Context) {
 			s.log.Warn("startup warm: the invalidation listener is not connected yet; staying NOT_SERVING and retrying")
 			return warm.Progress{}, errRetryWarm
 		}
-		run, _ := s.warmer.Start(warm.Request{}, true)
+		// What another instance already cached in this generation is left
+		// as it is: a new instance beside warm ones writes nothing twice.
+		run, _ := s.warmer.Start(warm.Request{Phase: warm.PhaseStartup, KeepCached: true}, true)
 		select {
 		case <-run.Done():
 		case <-ctx.Done():
@@ -84,7 +87,29 @@ func (s *Server) warmOnStart(ctx context.Context) {
 		s.log.Warn("startup warm failed on redis; SERVING from postgres until redis is back", "error", p.Err)
 	}
 	s.setServing(true)
-	s.log.Info("ready: health SERVING", "warm_outcome", p.Outcome.String(), "warmed", p.Warmed, "total", p.Total)
+	s.log.Info("ready: health SERVING", "warm_outcome", p.Outcome.String(), "warmed", p.Warmed, "kept", p.Kept, "total", p.Total)
+	if s.cfg.WarmBackground && p.Outcome == warm.Completed {
+		s.warmBackground(ctx)
+	}
+}
+
+// backgroundBatch is the batch size of the background phase: large, since
+// the phase paces itself by Redis's round trip rather than by a fixed pause.
+const backgroundBatch = 1000
+
+// warmBackground warms the rest of the window after SERVING: every warmable
+// session, what is already cached in this generation left as it is, paced so
+// that callers' reads through Redis are not held up (see warm.Request.Paced).
+func (s *Server) warmBackground(ctx context.Context) {
+	run, joined := s.warmer.Start(warm.Request{Phase: warm.PhaseBackground, Count: math.MaxInt32,
+		BatchSize: backgroundBatch, KeepCached: true, Paced: true}, true)
+	if joined {
+		return // someone's run goes on; theirs stands
+	}
+	select {
+	case <-run.Done():
+	case <-ctx.Done():
+	}
 }
 
 // rewarmLoop checks the hit rate every RewarmInterval and re-warms below the
@@ -120,7 +145,7 @@ func (s *Server) RewarmOnce(prev HitCount) HitCount {
 	}
 	rate := 100 * float64(now.hits-prev.hits) / float64(answers)
 	if rate < s.cfg.RewarmThreshold {
-		run, joined := s.warmer.Start(warm.Request{}, true)
+		run, joined := s.warmer.Start(warm.Request{Phase: warm.PhaseRewarm, KeepCached: true}, true)
 		s.log.Info("hit rate under threshold: re-warming", "hit_rate", rate, "threshold", s.cfg.RewarmThreshold,
 			"answers", answers, "run_id", run.ID(), "joined_running", joined)
 	}

@@ -69,6 +69,7 @@ func prepare(t testing.TB, dbURL, redisURL string, opts ...option) *harness {
 	cfg.DatabaseURL, cfg.RedisURL = dbURL, redisURL
 	cfg.GRPCAddr = "127.0.0.1:0"
 	cfg.WarmOnStart = false
+	cfg.WarmBackground = false // tests that want it say so
 	cfg.RewarmInterval = 0
 	cfg.ShutdownDelay = 0 // no load balancer to wait for
 	for _, o := range opts {
@@ -272,6 +273,11 @@ func (h *harness) validate(token string) (*sessiondv1.ValidateSessionResponse, e
 	return h.client.ValidateSession(ctx, &sessiondv1.ValidateSessionRequest{Token: token})
 }
 
+// filled waits until the cache fills of the answers given so far have
+// landed: a miss is answered before its fill, which runs off the caller's
+// path.
+func (h *harness) filled() { h.srv.ReadThrough().Wait() }
+
 func (h *harness) mustValidate(token string) *sessiondv1.ValidateSessionResponse {
 	h.t.Helper()
 	resp, err := h.validate(token)
@@ -468,6 +474,7 @@ func TestRedisEntryTTLNeverOutlivesTheSession(t *testing.T) {
 		{"capped by the session's expiry", short, 15 * time.Second, 20 * time.Second},
 	} {
 		h.mustValidate(tt.s.token)
+		h.filled()
 		pttl, err := h.redis.Do(t.Context(), h.redis.B().Pttl().Key(tiers.Key(tiers.TokenHash(tt.s.token))).Build()).AsInt64()
 		if err != nil {
 			t.Fatal(err)
@@ -489,6 +496,7 @@ func TestRawTokenNeverReachesRedis(t *testing.T) {
 	for _, tok := range tokens {
 		h.mustValidate(tok)
 	}
+	h.filled()
 	entries := 0
 	for _, k := range h.keys("*") {
 		blob := k + dumpKey(t, h, k)

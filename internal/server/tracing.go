@@ -147,10 +147,10 @@ func end(span trace.Span, err error, attrs ...attribute.KeyValue) {
 	span.End()
 }
 
-func (c observedCache) Get(ctx context.Context, key string) (tiers.Lookup, error) {
+func (c observedCache) Get(ctx context.Context, key string, timeout time.Duration) (tiers.Lookup, error) {
 	ctx, span := c.start(ctx, "get")
 	start := time.Now()
-	l, err := c.Redis.Get(ctx, key)
+	l, err := c.Redis.Get(ctx, key, timeout)
 	if err != nil || !l.Local {
 		c.l.RedisGet.Observe(time.Since(start).Seconds())
 	}

@@ -223,6 +223,7 @@ func TestWarmedEntryEqualsFilledEntry(t *testing.T) {
 		if r := h.mustValidate(s.token); r.GetSource() != sessiondv1.Source_SOURCE_POSTGRES {
 			t.Fatalf("after DEL, answered from %v", r.GetSource())
 		}
+		h.filled()
 		filled := h.entry(keyOf(s))
 		if warmed[s.id] != filled {
 			t.Errorf("session %s:\nwarmed %v\nfilled %v", s.id, warmed[s.id], filled)
@@ -508,7 +509,8 @@ func TestWarmCacheBadRequests(t *testing.T) {
 func TestGetStatsCountsTraffic(t *testing.T) {
 	h := start(t, devtest.Database(t), devtest.RedisURL(t), func(c *config.Config) { c.PoolSize = 3 })
 	s := h.addActive(2)
-	h.mustValidate(s[0].token)  // miss
+	h.mustValidate(s[0].token) // miss
+	h.filled()
 	h.mustValidate(s[0].token)  // hit (local or redis)
 	h.mustValidate(s[1].token)  // miss
 	h.mustValidate(newToken(t)) // miss: not found
@@ -574,5 +576,41 @@ func TestWarmCacheThroughReflection(t *testing.T) {
 	last := msgs[len(msgs)-1]
 	if last["done"] != true || last["warmed"] != float64(2) || last["total"] != float64(2) {
 		t.Errorf("last message %v", last)
+	}
+}
+
+// After the startup warm (SERVING), the rest of the window is warmed in the
+// background, as its own phase; an instance started beside a warm one
+// writes nothing that is already cached.
+func TestBackgroundWarmAndKeptEntries(t *testing.T) {
+	dbURL, redisURL := devtest.Database(t), devtest.RedisURL(t)
+	first := prepare(t, dbURL, redisURL, func(c *config.Config) {
+		c.WarmOnStart, c.WarmBackground, c.WarmCount = true, true, 50
+	})
+	sessions := first.addActive(300)
+	first.run()
+	first.waitServing()
+	eventually(t, 20*time.Second, func() error {
+		last, ok := first.lastWarming()
+		if !ok || last.GetPhase() != "background" || last.GetOutcome() != sessiondv1.WarmOutcome_WARM_OUTCOME_COMPLETED {
+			return fmt.Errorf("last run: %v", last)
+		}
+		if last.GetTotal() != int32(len(sessions)) || last.GetWarmed()+last.GetKept() != int32(len(sessions)) || last.GetKept() < 50 {
+			return fmt.Errorf("background run: %v, want %d found, the startup's 50 or more kept, the rest warmed", last, len(sessions))
+		}
+		return nil
+	})
+	if got := len(first.cachedKeys()); got != len(sessions) {
+		t.Errorf("%d keys cached after the background phase, want %d", got, len(sessions))
+	}
+
+	second := prepare(t, dbURL, redisURL, func(c *config.Config) {
+		c.WarmOnStart, c.WarmBackground, c.WarmCount = true, false, 50
+	})
+	second.run()
+	second.waitServing()
+	last, ok := second.lastWarming()
+	if !ok || last.GetPhase() != "startup" || last.GetWarmed() != 0 || last.GetKept() != 50 {
+		t.Errorf("second instance's startup warm: %v, want 50 kept and none written", last)
 	}
 }

@@ -123,7 +123,7 @@ func (s *Service) GetStats(ctx context.Context, _ *sessiondv1.GetStatsRequest) (
 		run := &sessiondv1.WarmingRun{
 			StartedAt: timestamppb.New(p.StartedAt), Total: int32(p.Total), Warmed: int32(p.Warmed),
 			Failed: int32(p.Failed), Outcome: outcomeToProto(p.Outcome), Error: runError(p),
-			Skipped: int32(p.Skipped),
+			Skipped: int32(p.Skipped), Kept: int32(p.Kept), Phase: string(p.Phase),
 		}
 		if p.Done {
 			run.FinishedAt = timestamppb.New(p.FinishedAt)
@@ -138,7 +138,7 @@ func progressToProto(p warm.Progress) *sessiondv1.WarmCacheProgress {
 		Total: int32(p.Total), Warmed: int32(p.Warmed), Failed: int32(p.Failed), Done: p.Done,
 		EstimatedHitRate: p.EstimatedHitRate(), Elapsed: durationpb.New(p.Elapsed),
 		Outcome: outcomeToProto(p.Outcome), Error: runError(p), Batches: int32(p.Batches), RunId: p.RunID,
-		Skipped: int32(p.Skipped),
+		Skipped: int32(p.Skipped), Kept: int32(p.Kept), Phase: string(p.Phase),
 	}
 }
 

@@ -54,7 +54,7 @@ func neverBelieved(t *testing.T, r *Redis, key string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		l, err := r.Get(t.Context(), key)
+		l, err := r.Get(t.Context(), key, time.Second)
 		if err == nil && l.Found() {
 			t.Fatalf("a resurrected entry was believed: %+v", l.Record)
 		}
@@ -96,7 +96,7 @@ func TestFenceDetectsRedisDataLoss(t *testing.T) {
 			t.Fatal(err)
 		}
 		devtest.Eventually(t, 5*time.Second, func() error {
-			if l, err := r.Get(ctx, key); err != nil || l.Record == nil {
+			if l, err := r.Get(ctx, key, time.Second); err != nil || l.Record == nil {
 				return errors.New("not cached yet")
 			}
 			return nil
@@ -109,7 +109,7 @@ func TestFenceDetectsRedisDataLoss(t *testing.T) {
 			t.Fatal(err)
 		}
 		devtest.Eventually(t, 10*time.Second, func() error {
-			if l, err := r.Get(ctx, k("r1")); err != nil || l.Record == nil {
+			if l, err := r.Get(ctx, k("r1"), time.Second); err != nil || l.Record == nil {
 				return errors.New("entry not believed again yet")
 			}
 			return nil
@@ -199,7 +199,7 @@ func TestFenceDetectsRedisDataLoss(t *testing.T) {
 		if !f.Evictable() || f.Trusted() {
 			t.Errorf("evictable=%v trusted=%v with allkeys-lru, want true/false", f.Evictable(), f.Trusted())
 		}
-		if l, err := r.Get(ctx, k("m1")); err != nil || l.Found() || !l.Distrusted {
+		if l, err := r.Get(ctx, k("m1"), time.Second); err != nil || l.Found() || !l.Distrusted {
 			t.Errorf("read under an evicting policy: %+v %v", l, err)
 		}
 		setPolicy("1gb", "noeviction")

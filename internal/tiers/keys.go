@@ -42,7 +42,7 @@ const (
 )
 
 // digestKey is the entry key of a SHA-256 digest.
-func digestKey(sum *[sha256.Size]byte) string {
+func digestKey(sum [sha256.Size]byte) string {
 	var buf [len(KeyPrefix) + 2 + 43]byte
 	copy(buf[:], KeyPrefix+"{")
 	base64.RawURLEncoding.Encode(buf[len(KeyPrefix)+1:], sum[:])
@@ -60,13 +60,13 @@ func Key(hash string) string {
 	if _, err := hex.Decode(sum[:], []byte(hash)); err != nil {
 		return ""
 	}
-	return digestKey(&sum)
+	return digestKey(sum)
 }
 
 // TokenKey is Key(TokenHash(token)), without the hex: it is on the hot path.
 func TokenKey(token string) string {
 	sum := sha256.Sum256([]byte(token))
-	return digestKey(&sum)
+	return digestKey(sum)
 }
 
 // RowKey is the entry key for a session row whose token column holds

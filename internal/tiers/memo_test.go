@@ -55,7 +55,7 @@ func TestMemoFollowsRedis(t *testing.T) {
 	seen := func(want string) {
 		t.Helper()
 		devtest.Eventually(t, 5*time.Second, func() error {
-			l, err := a.Get(ctx, key)
+			l, err := a.Get(ctx, key, time.Second)
 			switch {
 			case err != nil:
 				return err

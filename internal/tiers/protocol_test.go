@@ -64,7 +64,7 @@ func TestProtocolInterleavings(t *testing.T) {
 			return n == 1
 		}
 		believedBy := func(rr *Redis, key string) bool {
-			l, err := rr.Get(ctx, key)
+			l, err := rr.Get(ctx, key, time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -93,7 +93,7 @@ func TestProtocolInterleavings(t *testing.T) {
 					fill()
 					if tt.cachedFirst {
 						devtest.Eventually(t, 5*time.Second, func() error {
-							if l, err := other.Get(ctx, key); err != nil || !l.Local {
+							if l, err := other.Get(ctx, key, time.Second); err != nil || !l.Local {
 								return fmt.Errorf("not cached locally elsewhere yet: %+v %v", l, err)
 							}
 							return nil

@@ -17,7 +17,8 @@ type l1 interface {
 	// AwaitTrust waits at most d (and while ctx lasts) for the cache to
 	// be believed, and reports whether it is.
 	AwaitTrust(ctx context.Context, d time.Duration) bool
-	Get(ctx context.Context, key string) (Lookup, error)
+	// Get reads key; timeout bounds what waits for Redis.
+	Get(ctx context.Context, key string, timeout time.Duration) (Lookup, error)
 	Set(ctx context.Context, key string, rec *Record, st Stamp) error
 	SetNegative(ctx context.Context, key string, st Stamp) (WriteResult, error)
 }
@@ -66,7 +67,7 @@ type Counters struct {
 	// FillsDropped counts fills not made because maxFills were already
 	// under way (Redis slow): the next miss of those tokens reads again.
 	FillsDropped atomic.Int64
-	answers       answerCounts // by reason and source, except negative hits (see Answered)
+	answers      answerCounts // by reason and source, except negative hits (see Answered)
 }
 
 // maxFills bounds the fills under way at once: a fill runs after its
@@ -238,10 +239,10 @@ func (rt *ReadThrough) answer(rec *Record, src Source) Result {
 	return res
 }
 
+// get reads the cache; the read is bounded by RedisTimeout where it waits
+// for Redis (the cache applies it, so that a local answer costs no timer).
 func (rt *ReadThrough) get(ctx context.Context, key string) (Lookup, error) {
-	ctx, cancel := context.WithTimeout(ctx, rt.opts.RedisTimeout)
-	defer cancel()
-	return rt.l1.Get(ctx, key)
+	return rt.l1.Get(ctx, key, rt.opts.RedisTimeout)
 }
 
 // lookup asks Postgres, coalescing concurrent misses for one token into one

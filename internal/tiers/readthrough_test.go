@@ -25,7 +25,7 @@ func (f *fakeCache) Seq() uint64 { return f.seq.Load() }
 
 func (f *fakeCache) AwaitTrust(context.Context, time.Duration) bool { return true }
 
-func (f *fakeCache) Get(_ context.Context, key string) (Lookup, error) {
+func (f *fakeCache) Get(_ context.Context, key string, _ time.Duration) (Lookup, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.failing {
@@ -129,6 +129,7 @@ func TestReadThroughTiers(t *testing.T) {
 			if res.Source != tt.wantSource || res.Reason != tt.wantReason || res.Record != rec {
 				t.Errorf("got source %v reason %v record %p, want %v %v %p", res.Source, res.Reason, res.Record, tt.wantSource, tt.wantReason, rec)
 			}
+			rt.Wait() // the fill runs after the answer
 			cache.failing = false
 			if _, filled := cache.m[Key(TokenHash("tok"))]; tt.wantFill && !filled {
 				t.Error("miss did not fill the cache")

@@ -230,19 +230,39 @@ func (r *Redis) Close() {
 // no write needs to reach across slots. One entry whose key Redis refuses (a
 // key of another type) fails alone, not its batch.
 //
+// With a generation in ARGV[2], an entry already written in that generation
+// is left as it is (2): a warm that finds Redis warm writes nothing twice.
+//
 // KEYS: per entry (entry, token tombstone, new-session tombstone, or the
 // token tombstone again for a session: a session is not held back by its
-// token's creation). ARGV: limit (ms), then per entry: expire at (ms),
-// value. Returns 1 (written), 0 (refused) or -1 (failed) per entry.
+// token's creation). ARGV: limit (ms), generation to keep or "", then per
+// entry: expire at (ms), value. Returns 1 (written), 0 (refused), 2 (kept)
+// or -1 (failed) per entry.
 var entryScript = newScript(`
-local limit, out = tonumber(ARGV[1]), {}
+local limit, keep, out = tonumber(ARGV[1]), tonumber(ARGV[2]), {}
+-- the generation of an entry: the varint after its version and kind byte
+local function gen(v)
+  if math.floor(string.byte(v, 1) / 16) ~= ` + strconv.Itoa(entryVersion) + ` then return -1 end
+  local g, m = 0, 1
+  for i = 2, #v do
+    local b = string.byte(v, i)
+    g = g + (b % 128) * m
+    if b < 128 then return g end
+    m = m * 128
+  end
+  return -1
+end
 for i = 1, #KEYS / 3 do
   local k, ok = KEYS[3 * i - 2], 1
   for _, t in ipairs(redis.call('MGET', KEYS[3 * i - 1], KEYS[3 * i])) do
     if t and tonumber(t) >= limit then ok = 0 end
   end
+  if ok == 1 and keep then
+    local v = redis.call('GET', k)
+    if v and gen(v) == keep then ok = 2 end
+  end
   if ok == 1 then
-    local r = redis.pcall('SET', k, ARGV[2 * i + 1], 'PXAT', ARGV[2 * i])
+    local r = redis.pcall('SET', k, ARGV[2 * i + 2], 'PXAT', ARGV[2 * i + 1])
     if type(r) == 'table' and r.err then ok = -1 end
   end
   out[i] = ok
@@ -276,6 +296,9 @@ func (l Lookup) Found() bool { return l.Record != nil || l.Negative }
 type Stamp struct {
 	ReadStart time.Time // before the Postgres read began
 	Gen       int64     // the cache generation before the read began
+	// KeepCached leaves an entry already written in Gen as it is (Kept):
+	// for warming a Redis that other instances keep warm.
+	KeepCached bool
 }
 
 // Seq is the fence's count of handled invalidations (see Fence.Seq).
@@ -307,7 +330,8 @@ func (r *Redis) AwaitTrust(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// Get returns what is cached under key, honouring ctx's deadline. Nothing is
+// Get returns what is cached under key, honouring ctx's deadline and
+// bounding by timeout (when positive) what waits for Redis. Nothing is
 // believed while the fence does not trust Redis (checked before the read,
 // and after it, since the read may have crossed a new connection): that is a
 // miss marked Distrusted, without a round trip when known before. An entry
@@ -318,7 +342,7 @@ func (r *Redis) AwaitTrust(ctx context.Context, d time.Duration) bool {
 // after the reply to the write, so the local copy may still be the old one.
 // A Redis failure, or an entry that cannot be decoded, is an error; callers
 // treat it as a miss.
-func (r *Redis) Get(ctx context.Context, key string) (Lookup, error) {
+func (r *Redis) Get(ctx context.Context, key string, timeout time.Duration) (Lookup, error) {
 	f := r.fence
 	if !f.Trusted() {
 		return Lookup{Gen: f.Floor(), Distrusted: true}, nil
@@ -330,6 +354,11 @@ func (r *Redis) Get(ctx context.Context, key string) (Lookup, error) {
 			}
 			return l, nil
 		}
+	}
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
 	}
 	c, err := r.Client()
 	if err != nil {
@@ -500,6 +529,20 @@ func (r *Redis) userRevoked(ctx context.Context, c rueidis.Client, l Lookup) (bo
 	return !absent && at >= l.readStart-r.fence.opts.TombstoneMargin.Milliseconds(), nil
 }
 
+// Ping measures one round trip to Redis: what a caller's read waits for
+// besides the work itself (warming paces itself by it).
+func (r *Redis) Ping(ctx context.Context) (time.Duration, error) {
+	c, err := r.Client()
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	if err := c.Do(ctx, c.B().Ping().Build()).Error(); err != nil {
+		return 0, fmt.Errorf("redis ping: %w", err)
+	}
+	return time.Since(start), nil
+}
+
 // Gen returns the current cache generation, from Redis itself.
 func (r *Redis) Gen(ctx context.Context) (int64, error) {
 	c, err := r.Client()
@@ -529,6 +572,9 @@ const (
 	// invalidated (or the generation moved on) after the data was read.
 	Skipped
 	Failed
+	// Kept: already cached in the current generation, left as it is (see
+	// Stamp.KeepCached).
+	Kept
 )
 
 // Set caches rec under key; see SetMany.
@@ -606,7 +652,11 @@ const maxWriteCall = 1000
 
 func (r *Redis) newWrites(c rueidis.Client, st Stamp) *writes {
 	limit := strconv.FormatInt(st.ReadStart.Add(-r.fence.opts.TombstoneMargin).UnixMilli(), 10)
-	g := newGroups(c.Mode() == rueidis.ClientModeCluster, limit)
+	keep := ""
+	if st.KeepCached {
+		keep = strconv.FormatInt(st.Gen, 10)
+	}
+	g := newGroups(c.Mode() == rueidis.ClientModeCluster, limit, keep)
 	g.max = 3 * maxWriteCall
 	return &writes{c: c, limit: limit, gen: st.Gen, stamp: st.ReadStart, groups: g}
 }
@@ -640,6 +690,8 @@ func (w *writes) exec(ctx context.Context, res []WriteResult, errs []error) {
 				res[i] = Written
 			case out[k] == 0:
 				res[i] = Skipped
+			case out[k] == 2:
+				res[i] = Kept
 			default:
 				res[i], errs[i] = Failed, errRefusedKey
 			}

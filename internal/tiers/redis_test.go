@@ -73,11 +73,11 @@ func TestRedisRoundTrip(t *testing.T) {
 		}
 	}
 	// A second read is served from process memory.
-	if l, err := r.Get(ctx, k("k")); err != nil || !l.Local {
+	if l, err := r.Get(ctx, k("k"), time.Second); err != nil || !l.Local {
 		t.Errorf("second read: local=%v err=%v", l.Local, err)
 	}
 	// Missing: nil, no error.
-	if l, err := r.Get(ctx, k("missing")); l.Found() || err != nil {
+	if l, err := r.Get(ctx, k("missing"), time.Second); l.Found() || err != nil {
 		t.Errorf("missing key: %+v %v", l, err)
 	}
 }
@@ -88,7 +88,7 @@ func getEventually(t *testing.T, r *Redis, key string, want *Record) (*Record, b
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Second)
 	for {
-		l, err := r.Get(t.Context(), key)
+		l, err := r.Get(t.Context(), key, time.Second)
 		if err != nil || equalRecords(l.Record, want) || time.Now().After(deadline) {
 			return l.Record, l.Local, err
 		}
@@ -142,7 +142,7 @@ func TestRedisCorruptEntryIsAnError(t *testing.T) {
 		if err := raw.Do(ctx, write).Error(); err != nil {
 			t.Fatal(err)
 		}
-		if l, err := r.Get(ctx, k("bad")); err == nil || l.Found() {
+		if l, err := r.Get(ctx, k("bad"), time.Second); err == nil || l.Found() {
 			t.Errorf("%s: decoded without error: %+v", name, l)
 		}
 	}
@@ -150,7 +150,7 @@ func TestRedisCorruptEntryIsAnError(t *testing.T) {
 
 func TestRedisNotConnected(t *testing.T) {
 	r := newRedis(RedisOptions{}, discard)
-	if _, err := r.Get(context.Background(), "k"); !errors.Is(err, ErrRedisNotConnected) {
+	if _, err := r.Get(context.Background(), "k", time.Second); !errors.Is(err, ErrRedisNotConnected) {
 		t.Errorf("Get: %v", err)
 	}
 	if _, errs := r.SetMany(context.Background(), []Entry{{"k", &Record{}}}, Stamp{ReadStart: time.Now()}); !errors.Is(errs[0], ErrRedisNotConnected) {
@@ -228,7 +228,7 @@ func TestRedisWritesAfterInvalidation(t *testing.T) {
 			t.Fatal(errs)
 		}
 		for _, key := range []string{k("u8a"), k("u9")} { // cached locally, the user's tombstone's absence too
-			if l, err := r.Get(ctx, key); err != nil || l.Record == nil {
+			if l, err := r.Get(ctx, key, time.Second); err != nil || l.Record == nil {
 				t.Fatalf("before the drop: %+v %v", l, err)
 			}
 		}
@@ -236,16 +236,19 @@ func TestRedisWritesAfterInvalidation(t *testing.T) {
 			t.Fatalf("drop: %d %v", n, err)
 		}
 		for key, want := range map[string]bool{k("u8a"): false, k("u8b"): false, k("u9"): true} {
-			if l, err := r.Get(ctx, key); err != nil || (l.Record != nil) != want {
+			if l, err := r.Get(ctx, key, time.Second); err != nil || (l.Record != nil) != want {
 				t.Errorf("%s after the drop: believed %v (%v), want %v", key, l.Record != nil, err, want)
 			}
 		}
 		if res, _ := r.SetMany(ctx, []Entry{{k("u8a"), u}}, Stamp{ReadStart: time.Now().Add(2 * time.Second)}); res[0] != Written {
 			t.Fatal(res[0])
 		}
-		if l, err := r.Get(ctx, k("u8a")); err != nil || l.Record == nil {
-			t.Errorf("an entry read after the drop is not believed: %+v %v", l, err)
-		}
+		devtest.Eventually(t, 5*time.Second, func() error { // once Redis told us the local copy is old
+			if l, err := r.Get(ctx, k("u8a"), time.Second); err != nil || l.Record == nil {
+				return fmt.Errorf("an entry read after the drop is not believed: %+v %v", l, err)
+			}
+			return nil
+		})
 	})
 
 	t.Run("a new session is cached although its token's negative was just dropped", func(t *testing.T) {
@@ -265,7 +268,7 @@ func TestRedisWritesAfterInvalidation(t *testing.T) {
 		if err := f.Resync(ctx, "test"); err != nil {
 			t.Fatal(err)
 		}
-		if l, err := r.Get(ctx, k("e")); err != nil || l.Found() {
+		if l, err := r.Get(ctx, k("e"), time.Second); err != nil || l.Found() {
 			t.Errorf("entry of the old generation believed: %+v %v", l, err)
 		}
 		// A write cannot check the generation (on a cluster it lives in
@@ -273,7 +276,7 @@ func TestRedisWritesAfterInvalidation(t *testing.T) {
 		if res, errs := r.SetMany(ctx, []Entry{{k("f"), rec}}, after); res[0] == Failed {
 			t.Fatal(errs[0])
 		}
-		if l, err := r.Get(ctx, k("f")); err != nil || l.Found() {
+		if l, err := r.Get(ctx, k("f"), time.Second); err != nil || l.Found() {
 			t.Errorf("entry written with the old generation believed: %+v %v", l, err)
 		}
 		g, err := r.Gen(ctx)
@@ -286,7 +289,7 @@ func TestRedisWritesAfterInvalidation(t *testing.T) {
 		// Believed once Redis has told this client its local copy (of the
 		// old generation's entry) is old: it says so after the write's reply.
 		devtest.Eventually(t, 5*time.Second, func() error {
-			if l, err := r.Get(ctx, k("f")); err != nil || l.Record == nil {
+			if l, err := r.Get(ctx, k("f"), time.Second); err != nil || l.Record == nil {
 				return fmt.Errorf("entry of the new generation: %+v %v", l, err)
 			}
 			return nil
@@ -317,7 +320,7 @@ func TestRedisTimesRoundTrip(t *testing.T) {
 			if err := r.Set(ctx, k("t"), tt.rec, Stamp{ReadStart: time.Now()}); err != nil {
 				t.Fatal(err)
 			}
-			if l, err := r.Get(ctx, k("t")); err != nil || !equalRecords(l.Record, tt.rec) {
+			if l, err := r.Get(ctx, k("t"), time.Second); err != nil || !equalRecords(l.Record, tt.rec) {
 				t.Errorf("through redis: %+v %v", l.Record, err)
 			}
 		})

@@ -118,12 +118,13 @@ func (r *Run) found(total int) {
 	r.publish()
 }
 
-func (r *Run) batchDone(warmed, failed, skipped int) Progress {
+func (r *Run) batchDone(warmed, failed, skipped, kept int) Progress {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.p.Warmed += warmed
 	r.p.Failed += failed
 	r.p.Skipped += skipped
+	r.p.Kept += kept
 	r.p.Batches++
 	return r.publish()
 }

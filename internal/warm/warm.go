@@ -54,7 +54,27 @@ type Request struct {
 	Count      int
 	BatchSize  int
 	BatchDelay *time.Duration
+	// Phase names the run in its progress and logs.
+	Phase Phase
+	// KeepCached leaves sessions already cached in the current generation
+	// as they are (counted as Kept): a new instance beside warm ones
+	// writes nothing twice.
+	KeepCached bool
+	// Paced replaces BatchDelay with a pause that follows Redis's round
+	// trip between batches: none while it stays at its best, longer (up to
+	// a second) while it rises, so that callers' reads are not held up.
+	Paced bool
 }
+
+// Phase says why a run runs.
+type Phase string
+
+const (
+	PhaseManual     Phase = "manual"     // a WarmCache call
+	PhaseStartup    Phase = "startup"    // before health turns SERVING
+	PhaseBackground Phase = "background" // the rest of the window, after SERVING
+	PhaseRewarm     Phase = "rewarm"     // the hit rate fell under the threshold
+)
 
 // Outcome is how a run ended.
 type Outcome int
@@ -78,6 +98,8 @@ type Progress struct {
 	Warmed     int
 	Failed     int
 	Skipped    int // not written on purpose: invalidated since the snapshot, or expired
+	Kept       int // already cached in the current generation, left as they were (Request.KeepCached)
+	Phase      Phase
 	Batches    int
 	Done       bool
 	Outcome    Outcome
@@ -93,7 +115,7 @@ func (p Progress) EstimatedHitRate() float64 {
 	if p.Total == 0 {
 		return 0
 	}
-	return 100 * float64(p.Warmed) / float64(p.Total)
+	return 100 * float64(p.Warmed+p.Kept) / float64(p.Total)
 }
 
 // db is what warming needs of Postgres.
@@ -104,6 +126,7 @@ type db interface {
 // cache is what warming needs of Redis.
 type cache interface {
 	Gen(ctx context.Context) (int64, error)
+	Ping(ctx context.Context) (time.Duration, error)
 	SetMany(ctx context.Context, entries []tiers.Entry, st tiers.Stamp) ([]tiers.WriteResult, []error)
 }
 
@@ -121,7 +144,7 @@ type Warmer struct {
 	current *Run // the running run, nil when none
 	last    *Run // the latest run, running or not
 
-	est estimates
+	est    estimates
 	totals totals
 }
 
@@ -171,12 +194,16 @@ func (w *Warmer) Start(req Request, held bool) (r *Run, joined bool) {
 	if req.BatchDelay != nil {
 		cfg.BatchDelay = max(0, *req.BatchDelay)
 	}
+	if req.Phase == "" {
+		req.Phase = PhaseManual
+	}
 	ctx, cancel := context.WithTimeoutCause(w.base, cfg.Timeout, errTimeout)
 	r = newRun(newRunID(), cancel, held)
+	r.p.Phase = req.Phase
 	w.current, w.last = r, r
 	go func() {
 		defer cancel()
-		w.run(ctx, r, cfg)
+		w.run(ctx, r, cfg, req)
 		w.mu.Lock()
 		w.current = nil
 		w.mu.Unlock()
@@ -213,11 +240,12 @@ LIMIT $2`
 )
 
 // run does one warming run and publishes its progress.
-func (w *Warmer) run(ctx context.Context, r *Run, cfg Config) {
-	log := w.log.With("run_id", r.id)
+func (w *Warmer) run(ctx context.Context, r *Run, cfg Config, req Request) {
+	log := w.log.With("run_id", r.id, "phase", string(req.Phase))
 	log.Info(fmt.Sprintf("[CacheWarming] Starting cache warming for up to %d sessions", cfg.Count),
-		"count", cfg.Count, "batch_size", cfg.BatchSize, "batch_delay", cfg.BatchDelay.String(), "window", cfg.Window.String())
-	err := w.warm(ctx, r, cfg, log)
+		"count", cfg.Count, "batch_size", cfg.BatchSize, "batch_delay", cfg.BatchDelay.String(), "paced", req.Paced,
+		"keep_cached", req.KeepCached, "window", cfg.Window.String())
+	err := w.warm(ctx, r, cfg, req, log)
 	p := r.finish(outcomeOf(ctx, err), err)
 	w.totals.runs[p.Outcome].Add(1)
 	switch p.Outcome {
@@ -225,7 +253,7 @@ func (w *Warmer) run(ctx context.Context, r *Run, cfg Config) {
 		log.Info(fmt.Sprintf("[CacheWarming] Completed in %dms - Warmed: %d/%d (%.2f%% estimated hit rate) - Failed: %d",
 			p.Elapsed.Milliseconds(), p.Warmed, p.Total, p.EstimatedHitRate(), p.Failed),
 			"duration_ms", p.Elapsed.Milliseconds(), "warmed", p.Warmed, "total", p.Total, "failed", p.Failed,
-			"skipped", p.Skipped, "estimated_hit_rate", p.EstimatedHitRate(), "outcome", p.Outcome.String())
+			"skipped", p.Skipped, "kept", p.Kept, "estimated_hit_rate", p.EstimatedHitRate(), "outcome", p.Outcome.String())
 	default:
 		log.Warn(fmt.Sprintf("[CacheWarming] Stopped (%s) after %dms - Warmed: %d/%d - Failed: %d", p.Outcome, p.Elapsed.Milliseconds(), p.Warmed, p.Total, p.Failed),
 			"duration_ms", p.Elapsed.Milliseconds(), "warmed", p.Warmed, "total", p.Total, "failed", p.Failed,
@@ -256,13 +284,13 @@ func errString(err error) string {
 // the count announced first is the number of rows that follow), and writes
 // them to Redis batch by batch. Reading the next batch overlaps writing the
 // previous one. It returns nil when every row was attempted.
-func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, log *slog.Logger) error {
+func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, req Request, log *slog.Logger) error {
 	// The stamp is taken before the snapshot: entries of sessions
 	// invalidated after it are refused by Redis (see tiers.Redis.SetMany).
 	gctx, cancel := context.WithTimeout(ctx, cfg.WriteTimeout)
 	gen, genErr := w.cache.Gen(gctx)
 	cancel()
-	st := tiers.Stamp{ReadStart: time.Now(), Gen: gen}
+	st := tiers.Stamp{ReadStart: time.Now(), Gen: gen, KeepCached: req.KeepCached}
 	tx, err := w.db.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return fmt.Errorf("%w: begin: %w", ErrPostgres, err)
@@ -303,7 +331,7 @@ func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, log *slog.Logger)
 	defer stopReading()
 	writeErr := make(chan error, 1)
 	go func() {
-		err := w.write(ctx, r, cfg, st, batches, free, log)
+		err := w.write(ctx, r, cfg, req.Paced, st, batches, free, log)
 		if err != nil {
 			stopReading()
 		}
@@ -361,13 +389,24 @@ func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, log *slog.Logger)
 	return readErr
 }
 
-// write writes batches as they come, pausing BatchDelay between them. A
-// batch whose every entry failed means Redis is down: the run fails.
-func (w *Warmer) write(ctx context.Context, r *Run, cfg Config, st tiers.Stamp, batches <-chan []tiers.Entry, free chan<- []tiers.Entry, log *slog.Logger) error {
+// write writes batches as they come, pausing between them (BatchDelay, or
+// paced by Redis's round trip). A batch whose every entry failed means Redis
+// is down: the run fails.
+func (w *Warmer) write(ctx context.Context, r *Run, cfg Config, paced bool, st tiers.Stamp, batches <-chan []tiers.Entry, free chan<- []tiers.Entry, log *slog.Logger) error {
 	first := true
+	pace := pacer{delay: cfg.BatchDelay}
+	if paced {
+		pace.delay = 0
+	}
 	for batch := range batches {
-		if !first && cfg.BatchDelay > 0 {
-			t := time.NewTimer(cfg.BatchDelay)
+		if !first && paced {
+			pctx, cancel := context.WithTimeout(ctx, cfg.WriteTimeout)
+			rtt, err := w.cache.Ping(pctx)
+			cancel()
+			pace.observe(rtt, err)
+		}
+		if !first && pace.delay > 0 {
+			t := time.NewTimer(pace.delay)
 			select {
 			case <-t.C:
 			case <-ctx.Done():
@@ -379,7 +418,7 @@ func (w *Warmer) write(ctx context.Context, r *Run, cfg Config, st tiers.Stamp, 
 		wctx, cancel := context.WithTimeout(ctx, cfg.WriteTimeout)
 		res, errs := w.cache.SetMany(wctx, batch, st)
 		cancel()
-		var warmed, failed, skipped int
+		var warmed, failed, skipped, kept int
 		var firstErr error
 		for i, r := range res {
 			switch r {
@@ -387,6 +426,8 @@ func (w *Warmer) write(ctx context.Context, r *Run, cfg Config, st tiers.Stamp, 
 				warmed++
 			case tiers.Skipped:
 				skipped++
+			case tiers.Kept:
+				kept++
 			default:
 				failed++
 				if firstErr == nil {
@@ -395,14 +436,14 @@ func (w *Warmer) write(ctx context.Context, r *Run, cfg Config, st tiers.Stamp, 
 			}
 		}
 		// Counted before a timeout is acted on: what was written is reported.
-		p := r.batchDone(warmed, failed, skipped)
+		p := r.batchDone(warmed, failed, skipped, kept)
 		w.totals.add(warmed, failed, skipped)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		done := p.Warmed + p.Failed + p.Skipped
+		done := p.Warmed + p.Failed + p.Skipped + p.Kept
 		log.Info(fmt.Sprintf("[CacheWarming] Progress: %d/%d (%d%%) - Failed: %d", done, p.Total, percent(done, p.Total), p.Failed),
-			"done", done, "total", p.Total, "failed", p.Failed, "skipped", p.Skipped, "batch", p.Batches)
+			"done", done, "total", p.Total, "failed", p.Failed, "skipped", p.Skipped, "kept", p.Kept, "batch", p.Batches, "pause", pace.delay.String())
 		if failed == len(batch) {
 			return fmt.Errorf("%w: %w", ErrRedis, firstErr)
 		}
@@ -412,6 +453,28 @@ func (w *Warmer) write(ctx context.Context, r *Run, cfg Config, st tiers.Stamp, 
 		free <- batch[:0]
 	}
 	return nil
+}
+
+// pacer sets the pause between a paced run's batches from Redis's round
+// trip (a PING before each batch): twice the best seen plus a millisecond
+// means Redis is busy (with us or with callers), and the pause doubles, up
+// to a second; otherwise it halves, down to none.
+type pacer struct {
+	delay time.Duration
+	best  time.Duration
+}
+
+func (p *pacer) observe(rtt time.Duration, err error) {
+	if err == nil && (p.best == 0 || rtt < p.best) {
+		p.best = rtt
+	}
+	if err != nil || rtt > 2*p.best+time.Millisecond {
+		p.delay = min(max(2*p.delay, 5*time.Millisecond), time.Second)
+		return
+	}
+	if p.delay /= 2; p.delay < time.Millisecond {
+		p.delay = 0
+	}
 }
 
 // scanRaw scans one row's raw values into dest, column by column, and

@@ -542,8 +542,16 @@ type WarmCacheProgress struct {
 	RunId string `protobuf:"bytes,10,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
 	// Sessions deliberately not written: invalidated (revoked, banned, ...)
 	// after the run read them, or expired meanwhile. warmed + failed + skipped
-	// = total once done.
-	Skipped       int32 `protobuf:"varint,11,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	// + kept = total once done.
+	Skipped int32 `protobuf:"varint,11,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	// Sessions already cached in the current generation and left as they were
+	// (the server's own runs do so: a new instance beside warm ones writes
+	// nothing twice).
+	Kept int32 `protobuf:"varint,12,opt,name=kept,proto3" json:"kept,omitempty"`
+	// Why the run runs: "manual" (a WarmCache call), "startup" (before health
+	// turns SERVING), "background" (the rest of the window after SERVING,
+	// paced by Redis's round trip) or "rewarm" (the hit rate fell).
+	Phase         string `protobuf:"bytes,13,opt,name=phase,proto3" json:"phase,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -653,6 +661,20 @@ func (x *WarmCacheProgress) GetSkipped() int32 {
 		return x.Skipped
 	}
 	return 0
+}
+
+func (x *WarmCacheProgress) GetKept() int32 {
+	if x != nil {
+		return x.Kept
+	}
+	return 0
+}
+
+func (x *WarmCacheProgress) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
 }
 
 type GetStatsRequest struct {
@@ -994,8 +1016,11 @@ type WarmingRun struct {
 	Failed     int32                  `protobuf:"varint,5,opt,name=failed,proto3" json:"failed,omitempty"`
 	Outcome    WarmOutcome            `protobuf:"varint,6,opt,name=outcome,proto3,enum=sessiond.v1.WarmOutcome" json:"outcome,omitempty"`
 	// As WarmCacheProgress.error.
-	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
-	Skipped       int32  `protobuf:"varint,8,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	Error   string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	Skipped int32  `protobuf:"varint,8,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	// As WarmCacheProgress.kept and .phase.
+	Kept          int32  `protobuf:"varint,9,opt,name=kept,proto3" json:"kept,omitempty"`
+	Phase         string `protobuf:"bytes,10,opt,name=phase,proto3" json:"phase,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1084,6 +1109,20 @@ func (x *WarmingRun) GetSkipped() int32 {
 		return x.Skipped
 	}
 	return 0
+}
+
+func (x *WarmingRun) GetKept() int32 {
+	if x != nil {
+		return x.Kept
+	}
+	return 0
+}
+
+func (x *WarmingRun) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
 }
 
 type GetStatsResponse struct {
@@ -1299,7 +1338,7 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\n" +
 	"batch_size\x18\x03 \x01(\x05R\tbatchSize\x12:\n" +
 	"\vbatch_delay\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\n" +
-	"batchDelay\"\xe5\x02\n" +
+	"batchDelay\"\x8f\x03\n" +
 	"\x11WarmCacheProgress\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\x05R\x05total\x12\x16\n" +
 	"\x06warmed\x18\x02 \x01(\x05R\x06warmed\x12\x16\n" +
@@ -1312,7 +1351,9 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\abatches\x18\t \x01(\x05R\abatches\x12\x15\n" +
 	"\x06run_id\x18\n" +
 	" \x01(\tR\x05runId\x12\x18\n" +
-	"\askipped\x18\v \x01(\x05R\askipped\"\x11\n" +
+	"\askipped\x18\v \x01(\x05R\askipped\x12\x12\n" +
+	"\x04kept\x18\f \x01(\x05R\x04kept\x12\x14\n" +
+	"\x05phase\x18\r \x01(\tR\x05phase\"\x11\n" +
 	"\x0fGetStatsRequest\"\x9a\x03\n" +
 	"\n" +
 	"CacheStats\x12\x18\n" +
@@ -1344,7 +1385,7 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\vbatch_delay\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"batchDelay\x12.\n" +
 	"\x13recent_window_hours\x18\x04 \x01(\x05R\x11recentWindowHours\x12C\n" +
-	"\x10max_warming_time\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x0emaxWarmingTime\"\xae\x02\n" +
+	"\x10max_warming_time\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x0emaxWarmingTime\"\xd8\x02\n" +
 	"\n" +
 	"WarmingRun\x129\n" +
 	"\n" +
@@ -1356,7 +1397,10 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\x06failed\x18\x05 \x01(\x05R\x06failed\x122\n" +
 	"\aoutcome\x18\x06 \x01(\x0e2\x18.sessiond.v1.WarmOutcomeR\aoutcome\x12\x14\n" +
 	"\x05error\x18\a \x01(\tR\x05error\x12\x18\n" +
-	"\askipped\x18\b \x01(\x05R\askipped\"\xdd\x01\n" +
+	"\askipped\x18\b \x01(\x05R\askipped\x12\x12\n" +
+	"\x04kept\x18\t \x01(\x05R\x04kept\x12\x14\n" +
+	"\x05phase\x18\n" +
+	" \x01(\tR\x05phase\"\xdd\x01\n" +
 	"\x10GetStatsResponse\x12-\n" +
 	"\x05cache\x18\x01 \x01(\v2\x17.sessiond.v1.CacheStatsR\x05cache\x12*\n" +
 	"\x04pool\x18\x02 \x01(\v2\x16.sessiond.v1.PoolStatsR\x04pool\x122\n" +
