@@ -93,11 +93,13 @@ func TestLogWatch(t *testing.T) {
 	lines := []string{
 		`{"time":"2026-01-01T00:00:00Z","level":"WARN","msg":"no --admin-token: WarmCache, InvalidateSessions and GetStats are open to every caller"}`,
 		`{"time":"2026-01-01T00:00:00Z","level":"INFO","msg":"sessiond serving","addr":"127.0.0.1:40213"}`,
-		`{"time":"2026-01-01T00:00:00Z","level":"INFO","msg":"[CacheWarming] Found 1000 active sessions to warm","run_id":"ab","total":1000}`,
-		`{"time":"2026-01-01T00:00:00Z","level":"INFO","msg":"[CacheWarming] Completed in 495ms - Warmed: 998/1000 (99.80% estimated hit rate) - Failed: 0","run_id":"ab","duration_ms":495,"warmed":998,"total":1000,"failed":0}`,
-		`{"time":"2026-01-01T00:00:00Z","level":"INFO","msg":"[CacheWarming] Completed in 7ms - Warmed: 5/5 (100.00% estimated hit rate) - Failed: 0","duration_ms":7,"warmed":5,"total":5}`,
+		`{"time":"2026-01-01T00:00:00Z","level":"INFO","msg":"[CacheWarming] Found 1000 active sessions to warm","run_id":"ab","phase":"startup","total":1000}`,
+		`{"time":"2026-01-01T00:00:00Z","level":"INFO","msg":"[CacheWarming] Completed in 495ms - Warmed: 998/1000 (99.80% estimated hit rate) - Failed: 0","run_id":"ab","phase":"startup","duration_ms":495,"warmed":998,"total":1000,"failed":0,"kept":2}`,
+		`{"time":"2026-01-01T00:00:00Z","level":"INFO","msg":"[CacheWarming] Completed in 7ms - Warmed: 5/5 (100.00% estimated hit rate) - Failed: 0","phase":"startup","duration_ms":7,"warmed":5,"total":5}`,
+		`{"time":"2026-01-01T00:00:00Z","level":"INFO","msg":"[CacheWarming] Completed in 4000ms - Warmed: 30000/31000 (100.00% estimated hit rate) - Failed: 0","phase":"background","duration_ms":4000,"warmed":30000,"kept":1000,"total":31000}`,
 		`not json at all`,
 	}
+	serving := time.Now()
 	var addrs []string
 	for _, line := range lines {
 		if a, ok := l.line([]byte(line)); ok {
@@ -107,8 +109,20 @@ func TestLogWatch(t *testing.T) {
 	if len(addrs) != 1 || addrs[0] != "127.0.0.1:40213" {
 		t.Errorf("addresses %q, want the one serving line's", addrs)
 	}
-	if w := l.warmSnapshot(); w != (warmLog{warmed: 998, total: 1000, ms: 495, complete: true}) {
-		t.Errorf("warm %+v, want the first completed run's", w)
+	st := l.phase(phaseStartup, serving)
+	if !st.Complete || st.Warmed != 998 || st.Kept != 2 || st.Found != 1000 || st.MS != 495 || st.DoneAfterServingMS < 0 {
+		t.Errorf("startup warm %+v, want the first completed startup run's", st)
+	}
+	if bg := l.phase(phaseBackground, serving); !bg.Complete || bg.Warmed != 30000 || bg.Kept != 1000 || bg.Found != 31000 || bg.MS != 4000 {
+		t.Errorf("background warm %+v", bg)
+	}
+	if rw := l.phase("rewarm", serving); rw.Complete {
+		t.Errorf("rewarm %+v: none was logged", rw)
+	}
+	var old logWatch // a sessiond that logs no phase
+	old.line([]byte(`{"msg":"[CacheWarming] Completed in 5ms - Warmed: 3/3","duration_ms":5,"warmed":3,"total":3}`))
+	if w := old.phase(phaseStartup, serving); !w.Complete || w.Warmed != 3 {
+		t.Errorf("a run without a phase: %+v, want it taken as the startup run", w)
 	}
 	if !strings.HasSuffix(l.tail(), "not json at all") {
 		t.Errorf("tail %q", l.tail())
@@ -180,7 +194,7 @@ func TestReports(t *testing.T) {
 
 	b.Reset()
 	run := func(hits ...float64) ColdRun {
-		r := ColdRun{ToListeningMS: 50, ToServingMS: 500, Warmed: 1000, WarmFound: 1000, WarmMS: 450, WarmComplete: true}
+		r := ColdRun{ToListeningMS: 50, ToServingMS: 500, Startup: WarmPhase{Complete: true, Warmed: 1000, Found: 1000, MS: 450}}
 		for i, h := range hits {
 			if h >= 0 {
 				r.Load.Series = append(r.Load.Series, Second{T: i, HitRate: h})
@@ -191,8 +205,8 @@ func TestReports(t *testing.T) {
 	}
 	WriteColdStart(&b, ColdStartReport{Command: "sessionbench coldstart", Runs: []ColdRun{run(70, 80), run(60, -1, 90), run(75, 85)}})
 	for _, want := range []string{
-		"| 1 | 50 | 500 | 1000 of 1000 in 450 ms |",
-		"| median | 50 | 500 | | | | 80.0 % | |",
+		"| 1 | 50 | 500 | 1000 warmed of 1000 in 450 ms | not completed during the run |",
+		"| median | 50 | 500 | | | | | 80.0 % | |",
 		"| 0 | 70.0 | 60.0 | 75.0 | 70.0 |",
 		"| 1 | 80.0 |  | 85.0 | 80.0 |", // run 2 had no call in second 1
 		"| 2 |  | 90.0 |  | 90.0 |",
