@@ -78,9 +78,11 @@ type ColdRun struct {
 	Load       Result    `json:"load"`
 }
 
-// WarmPhase is a completed warming run, as sessiond logged it.
+// WarmPhase is a warming run, as sessiond logged it: completed, or how far
+// it had come (Done of Found) when the load ended.
 type WarmPhase struct {
 	Complete bool  `json:"complete"`
+	Done     int   `json:"done"` // sessions attempted so far (the last progress line), when not complete
 	Warmed   int   `json:"warmed"`
 	Kept     int   `json:"kept"` // already cached, left as they were
 	Found    int   `json:"found"`
@@ -311,9 +313,10 @@ func (p *sessiondProcess) logTail() string { return p.logs.tail() }
 // its first completed warming run of each phase did, and the last lines
 // (for errors).
 type logWatch struct {
-	mu    sync.Mutex
-	last  []string
-	warms map[string]warmLog // by phase
+	mu       sync.Mutex
+	last     []string
+	warms    map[string]warmLog // completed runs, by phase
+	progress map[string][2]int  // the last progress (done, total) of each phase
 }
 
 // Warming phases as sessiond logs them (internal/warm.Phase).
@@ -341,6 +344,7 @@ func (l *logWatch) line(b []byte) (addr string, serving bool) {
 		Phase      string `json:"phase"`
 		Warmed     int    `json:"warmed"`
 		Kept       int    `json:"kept"`
+		Done       int    `json:"done"`
 		Total      int    `json:"total"`
 		DurationMS int64  `json:"duration_ms"`
 	}
@@ -351,10 +355,15 @@ func (l *logWatch) line(b []byte) (addr string, serving bool) {
 	if len(l.last) > logTailLines {
 		l.last = l.last[len(l.last)-logTailLines:]
 	}
+	phase := cmp.Or(rec.Phase, phaseStartup)
 	switch {
 	case err != nil:
+	case strings.HasPrefix(rec.Msg, "[CacheWarming] Progress"):
+		if l.progress == nil {
+			l.progress = map[string][2]int{}
+		}
+		l.progress[phase] = [2]int{rec.Done, rec.Total}
 	case strings.HasPrefix(rec.Msg, "[CacheWarming] Completed"):
-		phase := cmp.Or(rec.Phase, phaseStartup)
 		if l.warms == nil {
 			l.warms = map[string]warmLog{}
 		}
@@ -374,7 +383,8 @@ func (l *logWatch) phase(phase string, serving time.Time) WarmPhase {
 	defer l.mu.Unlock()
 	w, ok := l.warms[phase]
 	if !ok {
-		return WarmPhase{}
+		p := l.progress[phase]
+		return WarmPhase{Done: p[0], Found: p[1]}
 	}
 	return WarmPhase{Complete: true, Warmed: w.warmed, Kept: w.kept, Found: w.total, MS: w.ms, DoneAfterServingMS: ms(w.at.Sub(serving))}
 }
@@ -455,8 +465,11 @@ sessiond is this program run again as sessiond (internal/cli, as cmd/sessiond), 
 // fmtWarmPhase renders a warming run from sessiond's log; after says when
 // it ended relative to SERVING.
 func fmtWarmPhase(p WarmPhase, after bool) string {
-	if !p.Complete {
-		return "not completed during the run"
+	switch {
+	case !p.Complete && p.Found > 0:
+		return fmt.Sprintf("not completed: %d of %d when the load ended", p.Done, p.Found)
+	case !p.Complete:
+		return "not completed, no progress logged"
 	}
 	s := fmt.Sprintf("%d warmed", p.Warmed)
 	if p.Kept > 0 {

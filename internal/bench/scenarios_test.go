@@ -97,6 +97,8 @@ func TestLogWatch(t *testing.T) {
 		`{"time":"2026-01-01T00:00:00Z","level":"INFO","msg":"[CacheWarming] Completed in 495ms - Warmed: 998/1000 (99.80% estimated hit rate) - Failed: 0","run_id":"ab","phase":"startup","duration_ms":495,"warmed":998,"total":1000,"failed":0,"kept":2}`,
 		`{"time":"2026-01-01T00:00:00Z","level":"INFO","msg":"[CacheWarming] Completed in 7ms - Warmed: 5/5 (100.00% estimated hit rate) - Failed: 0","phase":"startup","duration_ms":7,"warmed":5,"total":5}`,
 		`{"time":"2026-01-01T00:00:00Z","level":"INFO","msg":"[CacheWarming] Completed in 4000ms - Warmed: 30000/31000 (100.00% estimated hit rate) - Failed: 0","phase":"background","duration_ms":4000,"warmed":30000,"kept":1000,"total":31000}`,
+		`{"time":"2026-01-01T00:00:00Z","level":"INFO","msg":"[CacheWarming] Progress: 200/30000 (0%) - Failed: 0","phase":"rewarm","done":200,"total":30000,"failed":0}`,
+		`{"time":"2026-01-01T00:00:00Z","level":"INFO","msg":"[CacheWarming] Progress: 400/30000 (1%) - Failed: 0","phase":"rewarm","done":400,"total":30000,"failed":0}`,
 		`not json at all`,
 	}
 	serving := time.Now()
@@ -116,8 +118,14 @@ func TestLogWatch(t *testing.T) {
 	if bg := l.phase(phaseBackground, serving); !bg.Complete || bg.Warmed != 30000 || bg.Kept != 1000 || bg.Found != 31000 || bg.MS != 4000 {
 		t.Errorf("background warm %+v", bg)
 	}
-	if rw := l.phase("rewarm", serving); rw.Complete {
-		t.Errorf("rewarm %+v: none was logged", rw)
+	if rw := l.phase("rewarm", serving); rw.Complete || rw.Done != 400 || rw.Found != 30000 {
+		t.Errorf("rewarm %+v: want not complete, 400 of 30000 done", rw)
+	}
+	if got := fmtWarmPhase(l.phase("rewarm", serving), true); got != "not completed: 400 of 30000 when the load ended" {
+		t.Errorf("fmtWarmPhase = %q", got)
+	}
+	if got := fmtWarmPhase(l.phase("none", serving), true); got != "not completed, no progress logged" {
+		t.Errorf("fmtWarmPhase = %q", got)
 	}
 	var old logWatch // a sessiond that logs no phase
 	old.line([]byte(`{"msg":"[CacheWarming] Completed in 5ms - Warmed: 3/3","duration_ms":5,"warmed":3,"total":3}`))
@@ -205,7 +213,7 @@ func TestReports(t *testing.T) {
 	}
 	WriteColdStart(&b, ColdStartReport{Command: "sessionbench coldstart", Runs: []ColdRun{run(70, 80), run(60, -1, 90), run(75, 85)}})
 	for _, want := range []string{
-		"| 1 | 50 | 500 | 1000 warmed of 1000 in 450 ms | not completed during the run |",
+		"| 1 | 50 | 500 | 1000 warmed of 1000 in 450 ms | not completed, no progress logged |",
 		"| median | 50 | 500 | | | | | 80.0 % | |",
 		"| 0 | 70.0 | 60.0 | 75.0 | 70.0 |",
 		"| 1 | 80.0 |  | 85.0 | 80.0 |", // run 2 had no call in second 1
