@@ -57,6 +57,7 @@ type ColdStartOptions struct {
 	Conns       int
 	Runs        int
 	Sessiond    string        // a sessiond binary; empty: this program, as RunSessiondChild
+	SessiondLog io.Writer     // if set, every line sessiond logs (JSON), each run's after a "# run N" line
 	Timeout     time.Duration // per call
 	Progress    io.Writer
 }
@@ -131,6 +132,9 @@ func ColdStart(ctx context.Context, o ColdStartOptions) (rep ColdStartReport, er
 				return rep, err
 			}
 		}
+		if o.SessiondLog != nil {
+			fmt.Fprintf(o.SessiondLog, "# run %d\n", i+1)
+		}
 		run, err := coldRun(ctx, o, dbURL, progress)
 		if err != nil {
 			return rep, fmt.Errorf("run %d: %w", i+1, err)
@@ -161,7 +165,7 @@ func coldRun(ctx context.Context, o ColdStartOptions, dbURL string, progress fun
 	}
 	defer stopRedis()
 
-	p, err := startSessiondProcess(o.Sessiond, dbURL, redisURL)
+	p, err := startSessiondProcess(o.Sessiond, dbURL, redisURL, o.SessiondLog)
 	if err != nil {
 		return run, err
 	}
@@ -251,7 +255,7 @@ type sessiondProcess struct {
 // RunSessiondChild) with its default flags but for where to listen (a port
 // the system picks; no metrics port) and what to reach, in an environment
 // that carries nothing else of ours.
-func startSessiondProcess(bin, dbURL, redisURL string) (*sessiondProcess, error) {
+func startSessiondProcess(bin, dbURL, redisURL string, logTo io.Writer) (*sessiondProcess, error) {
 	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "TMPDIR=" + os.TempDir()}
 	if bin == "" {
 		self, err := os.Executable()
@@ -271,7 +275,7 @@ func startSessiondProcess(bin, dbURL, redisURL string) (*sessiondProcess, error)
 	if err != nil {
 		return nil, err
 	}
-	p := &sessiondProcess{cmd: cmd, addr: make(chan string, 1), exited: make(chan struct{}), logs: &logWatch{}}
+	p := &sessiondProcess{cmd: cmd, addr: make(chan string, 1), exited: make(chan struct{}), logs: &logWatch{copyTo: logTo}}
 	p.started = time.Now()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start sessiond: %w", err)
@@ -313,6 +317,7 @@ func (p *sessiondProcess) logTail() string { return p.logs.tail() }
 // its first completed warming run of each phase did, and the last lines
 // (for errors).
 type logWatch struct {
+	copyTo   io.Writer // every line, if set
 	mu       sync.Mutex
 	last     []string
 	warms    map[string]warmLog // completed runs, by phase
@@ -351,6 +356,9 @@ func (l *logWatch) line(b []byte) (addr string, serving bool) {
 	err := json.Unmarshal(b, &rec)
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.copyTo != nil {
+		fmt.Fprintf(l.copyTo, "%s\n", b)
+	}
 	l.last = append(l.last, string(b))
 	if len(l.last) > logTailLines {
 		l.last = l.last[len(l.last)-logTailLines:]
@@ -431,6 +439,7 @@ sessiond is this program run again as sessiond (internal/cli, as cmd/sessiond), 
 	conns := fs.Int("conns", 4, "gRPC connections")
 	runs := fs.Int("runs", 3, "cold starts (medians reported)")
 	bin := fs.String("sessiond", "", "sessiond binary to start (empty: this program, as sessiond)")
+	logPath := fs.String("sessiond-log", "", "write everything sessiond logs to this file")
 	timeout := fs.Duration("timeout", 5*time.Second, "deadline of each call")
 	asJSON := fs.Bool("json", false, "print JSON instead of markdown")
 	if err := parse(fs, args); err != nil {
@@ -440,9 +449,18 @@ sessiond is this program run again as sessiond (internal/cli, as cmd/sessiond), 
 	if err != nil {
 		return err
 	}
+	var logTo io.Writer
+	if *logPath != "" {
+		f, err := os.Create(*logPath)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		logTo = f
+	}
 	rep, err := ColdStart(ctx, ColdStartOptions{
 		DatabaseURL: *dbURL, Sessions: *sessions, Seed: *s, Mix: mix, Duration: *dur, Concurrency: *conc,
-		Conns: *conns, Runs: *runs, Sessiond: *bin, Timeout: *timeout, Progress: stderr,
+		Conns: *conns, Runs: *runs, Sessiond: *bin, SessiondLog: logTo, Timeout: *timeout, Progress: stderr,
 	})
 	if len(rep.Runs) == 0 {
 		return err
