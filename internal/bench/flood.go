@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"runtime/pprof"
 	"sync"
 	"time"
 
@@ -27,6 +29,9 @@ type FloodOptions struct {
 	Timeout     time.Duration // per call
 	Log         *slog.Logger  // sessiond's log
 	Progress    io.Writer
+	// CPUProfile, if set, receives a CPU profile of this process (the load
+	// generator and sessiond) over the flood.
+	CPUProfile io.Writer
 }
 
 // FloodReport is what Flood measured.
@@ -124,11 +129,19 @@ func Flood(ctx context.Context, o FloodOptions) (rep FloodReport, err error) {
 	flood := RunOptions{Duration: o.Duration, Rate: o.Rate, Concurrency: o.Senders, Timeout: o.Timeout, Check: true,
 		DropLate: true, Seed: uint64(o.Seed)<<32 + 2}
 	trickle.Seed = uint64(o.Seed)<<32 + 3
+	if o.CPUProfile != nil {
+		if err := pprof.StartCPUProfile(o.CPUProfile); err != nil {
+			return rep, err
+		}
+	}
 	var wg sync.WaitGroup
 	var floodErr, trickleErr error
 	wg.Go(func() { rep.Flood, floodErr = Run(ctx, NewRanking(nil), Mix{Unknown: 1}, fc.callers, flood) })
 	wg.Go(func() { rep.TrickleDuring, trickleErr = Run(ctx, trickleRank, Mix{Hot: 1}, tc.callers, trickle) })
 	wg.Wait()
+	if o.CPUProfile != nil {
+		pprof.StopCPUProfile()
+	}
 	if err := errors.Join(floodErr, trickleErr); err != nil {
 		return rep, err
 	}
@@ -173,6 +186,7 @@ against the seeded truth: a wrong answer fails the command. About 40 s.`, stderr
 	timeout := fs.Duration("timeout", 5*time.Second, "deadline of each call")
 	logLevel := fs.String("log-level", "warn", "sessiond's log level (to stderr)")
 	asJSON := fs.Bool("json", false, "print JSON instead of markdown")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the flood (load generator and sessiond, one process) to this file")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -180,10 +194,19 @@ against the seeded truth: a wrong answer fails the command. About 40 s.`, stderr
 	if err != nil {
 		return err
 	}
+	var prof io.Writer
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		prof = f
+	}
 	rep, err := Flood(ctx, FloodOptions{
 		DatabaseURL: *dbURL, RedisURL: *redisURL, Sessions: *sessions, Seed: *s, Rate: *rate, Duration: *dur,
 		Senders: *senders, Conns: *conns, TrickleRate: *trickle, Timeout: *timeout,
-		Log: log, Progress: stderr,
+		Log: log, Progress: stderr, CPUProfile: prof,
 	})
 	if err != nil {
 		return err
