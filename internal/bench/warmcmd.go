@@ -48,9 +48,9 @@ measures that one Redis instead of starting engines (it must be empty).
 
 Time: seeding dominates. Measured on the project's shared 2-core machine: 100k
 sessions (140k rows with their users) in 3.5 s, 40,000 rows/s; 1M sessions (1.4M
-rows) in 98 s, 14,000 rows/s, with the load average at 6-9 (the "seeded" line says
-how long it took). Each warm then takes 20-50 s at today's speed: the default run
-takes about 3 minutes; --sessions 100000 about 15 s.`, stderr)
+rows) in 98-124 s, 11,000-14,000 rows/s, with the load average at 6-12 (the
+"seeded" line says how long it took). Each warm then takes 17-46 s at today's speed:
+the default run takes about 3 minutes; --sessions 100000 about 15 s.`, stderr)
 	dbURL := fs.String("database-url", "", "Postgres URL of an empty database (empty: start a throwaway PostgreSQL)")
 	redisURL := fs.String("redis-url", "", "an empty Redis to measure instead of starting --engines")
 	sessions := fs.Int("sessions", 1_000_000, "sessions to seed (demo shape: 10% expired, some users banned or deleted, activity over 30 days)")
