@@ -42,6 +42,7 @@ type harness struct {
 	db     *pgxpool.Pool
 	redis  rueidis.Client // our own client, to look inside Redis
 	client sessiondv1.SessionServiceClient
+	srv    *server.Server
 }
 
 func start(t *testing.T, dbURL, redisURL string, opts ...func(*config.Config)) *harness {
@@ -79,7 +80,7 @@ func start(t *testing.T, dbURL, redisURL string, opts ...func(*config.Config)) *
 		stop()
 		t.Fatal(err)
 	}
-	h.addr = lis.Addr().String()
+	h.addr, h.srv = lis.Addr().String(), srv
 	runErr := make(chan error, 1)
 	go func() { runErr <- srv.Run(runCtx, lis) }()
 	t.Cleanup(func() {
@@ -143,11 +144,14 @@ func (h *harness) cachedKeys() int {
 	return len(keys)
 }
 
+// validate validates token and waits for the cache fill a miss makes (it
+// lands after the answer), so that the next call of the same token hits.
 func (h *harness) validate(token string) {
 	h.t.Helper()
 	if _, err := h.client.ValidateSession(h.t.Context(), &sessiondv1.ValidateSessionRequest{Token: token}); err != nil {
 		h.t.Fatal(err)
 	}
+	h.srv.ReadThrough().Wait()
 }
 
 // syncBuffer is a bytes.Buffer that a running command may write while the

@@ -23,8 +23,7 @@ import (
 // TestFaults runs issue 8's scenarios in order against one set of servers,
 // each leaving the system healthy for the next, and prints the report.
 func TestFaults(t *testing.T) {
-	s := newSuite(t)
-	t.Cleanup(func() { s.report(t) }) // runs before the suite's own cleanups stop everything
+	s := newSuite(t, engines{})
 
 	s.run(t, "1 listener killed 5x, then revocations", s.listenerKilled)
 	s.run(t, "2 listener half-open, revocations", s.listenerHalfOpen)
@@ -253,19 +252,7 @@ func (s *suite) procStats(t *testing.T) []procStats {
 // does not grow past its size.
 func (s *suite) postgresKilled(sc *scenario) {
 	t := sc.t
-	owners := s.victims(t, 6)
-	// Cold sessions: inserted now, never validated, half of them revoked
-	// (their users banned) before the outage.
-	var cold []newSession
-	for _, u := range owners {
-		cold = append(cold, newSessionFor(u), newSessionFor(u))
-	}
-	s.insertSessions(t, "insert cold sessions", "cold", DefaultLag, nil, cold)
-	s.ban(t, DefaultLag, owners[:3]...)
-	coldToks := map[int32]bool{}
-	for _, ns := range cold {
-		coldToks[ns.row.tok] = true
-	}
+	cold, coldToks := s.coldSessions(t)
 	later := s.victims(t, 2)
 	sc.focus(tokensOf(s.sessionsOf(later)))
 	sc.observe(BaselineWindow)
@@ -348,6 +335,24 @@ func (s *suite) postgresKilled(sc *scenario) {
 	limit := len(s.live()) * (poolSize + 2)
 	sc.note("sessiond backends %d before, %d after (limit %d)", backendsBefore, backendsAfter, limit)
 	sc.check(backendsAfter <= limit, "%d sessiond connections to Postgres after recovery, more than %d", backendsAfter, limit)
+}
+
+// coldSessions inserts 12 sessions of 6 victims, never validated, and
+// bans half of the users: sessions no cache can know when Postgres is
+// gone. It returns them and the set of their tokens.
+func (s *suite) coldSessions(t *testing.T) ([]newSession, map[int32]bool) {
+	owners := s.victims(t, 6)
+	var cold []newSession
+	for _, u := range owners {
+		cold = append(cold, newSessionFor(u), newSessionFor(u))
+	}
+	s.insertSessions(t, "insert cold sessions", "cold", DefaultLag, nil, cold)
+	s.ban(t, DefaultLag, owners[:3]...)
+	toks := map[int32]bool{}
+	for _, ns := range cold {
+		toks[ns.row.tok] = true
+	}
+	return cold, toks
 }
 
 func rowsOf(ns []newSession) []*sessionRow {

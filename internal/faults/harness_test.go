@@ -43,18 +43,28 @@ const (
 
 // suite is the running system: Postgres and Redis (devstack), a proxy in
 // front of each that sessiond goes through (the harness itself talks to both
-// directly), two sessiond instances, the load, and the truth.
+// directly), two sessiond instances, the load, and the truth. With
+// replicated engines (see engines), Postgres is a primary and its streaming
+// replica and Redis a master, its replica and a sentinel, and sessiond
+// reaches them directly, as production would.
 type suite struct {
 	ctx    context.Context
 	logDir string
 
+	// One server each, behind a proxy (engines' zero value).
 	pg         *devstack.Postgres
 	redis      *devstack.Redis
-	dbURL      string // direct, for the harness
 	pgProxy    *Proxy
 	redisProxy *Proxy
-	db         *pgxpool.Pool
-	rdb        rueidis.Client
+	// Replicated engines.
+	pair     *devstack.PostgresPair
+	sentinel *devstack.RedisSentinel
+
+	dbURL       string // for the harness: the server itself (both hosts of a pair)
+	sessiondDB  string // sessiond's --database-url
+	sessiondRDB string // sessiond's --redis-url
+	db          *pgxpool.Pool
+	rdb         rueidis.Client
 
 	table *Table
 	model *model
@@ -82,8 +92,20 @@ type futureToken struct {
 	sessionID string
 }
 
-// newSuite starts everything and leaves the load running; t.Cleanup stops it all.
-func newSuite(t *testing.T) *suite {
+// engines says which servers a suite runs on. The zero value is one
+// Postgres and one Redis, each behind a proxy.
+type engines struct {
+	// postgresPair: a primary and its streaming replica; sessiond gets a
+	// multi-host URL (target_session_attrs=read-write) naming both.
+	postgresPair bool
+	// redisSentinel: a master, its replica and a sentinel; sessiond gets the
+	// sentinel's URL.
+	redisSentinel bool
+}
+
+// newSuite starts everything on the engines e and leaves the load running;
+// t.Cleanup stops it all and adds the suite's rows to the report.
+func newSuite(t *testing.T, e engines) *suite {
 	ctx := t.Context()
 	s := &suite{ctx: ctx, table: &Table{}}
 	var err error
@@ -101,33 +123,20 @@ func newSuite(t *testing.T) *suite {
 
 	startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if s.pg, err = devstack.StartPostgres(startCtx, devstack.PostgresOptions{}); err != nil {
+	startPG, startRedis := s.startPostgres, s.startRedis
+	if e.postgresPair {
+		startPG = s.startPostgresPair
+	}
+	if e.redisSentinel {
+		startRedis = s.startRedisSentinel
+	}
+	if err := startPG(t, startCtx); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := s.pg.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	if s.redis, err = devstack.StartRedis(startCtx, devstack.RedisOptions{}); err != nil {
+	redisURL, err := startRedis(t, startCtx)
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := s.redis.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	if s.dbURL, err = s.pg.CreateDatabase(startCtx, "faults"); err != nil {
-		t.Fatal(err)
-	}
-	if s.pgProxy, err = NewProxy(fmt.Sprintf("127.0.0.1:%d", s.pg.Port())); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.pgProxy.Close() })
-	if s.redisProxy, err = NewProxy(s.redis.Addr()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.redisProxy.Close() })
 
 	pcfg, err := pgxpool.ParseConfig(withParam(s.dbURL, "application_name", harnessApp))
 	if err != nil {
@@ -138,7 +147,12 @@ func newSuite(t *testing.T) *suite {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.db.Close)
-	if s.rdb, err = rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{s.redis.Addr()}, DisableCache: true}); err != nil {
+	ropt, err := rueidis.ParseURL(redisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ropt.DisableCache = true
+	if s.rdb, err = rueidis.NewClient(ropt); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.rdb.Close)
@@ -175,17 +189,101 @@ func newSuite(t *testing.T) *suite {
 		for _, in := range s.live() {
 			in.stop()
 		}
+		report.add(s.rows)
 	})
 	return s
 }
 
+// startPostgres starts one Postgres, creates the database, and puts a proxy
+// in front of it for sessiond.
+func (s *suite) startPostgres(t *testing.T, ctx context.Context) error {
+	var err error
+	if s.pg, err = devstack.StartPostgres(ctx, devstack.PostgresOptions{}); err != nil {
+		return err
+	}
+	t.Cleanup(func() {
+		if err := s.pg.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	if s.dbURL, err = s.pg.CreateDatabase(ctx, "faults"); err != nil {
+		return err
+	}
+	if s.pgProxy, err = NewProxy(fmt.Sprintf("127.0.0.1:%d", s.pg.Port())); err != nil {
+		return err
+	}
+	t.Cleanup(func() { s.pgProxy.Close() })
+	u, err := url.Parse(s.dbURL)
+	if err != nil {
+		return err
+	}
+	u.Host = s.pgProxy.Addr()
+	s.sessiondDB = u.String()
+	return nil
+}
+
+// startPostgresPair starts a primary and its replica and creates the
+// database on them; sessiond and the harness both use the pair's URL.
+func (s *suite) startPostgresPair(t *testing.T, ctx context.Context) error {
+	var err error
+	if s.pair, err = devstack.StartPostgresPair(ctx, devstack.PostgresOptions{}); err != nil {
+		return err
+	}
+	t.Cleanup(func() {
+		if err := s.pair.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	if s.dbURL, err = s.pair.CreateDatabase(ctx, "faults"); err != nil {
+		return err
+	}
+	s.sessiondDB = s.dbURL
+	return nil
+}
+
+// startRedis starts one Redis and a proxy in front of it for sessiond, and
+// returns the URL the harness uses.
+func (s *suite) startRedis(t *testing.T, ctx context.Context) (string, error) {
+	var err error
+	if s.redis, err = devstack.StartRedis(ctx, devstack.RedisOptions{}); err != nil {
+		return "", err
+	}
+	t.Cleanup(func() {
+		if err := s.redis.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	if s.redisProxy, err = NewProxy(s.redis.Addr()); err != nil {
+		return "", err
+	}
+	t.Cleanup(func() { s.redisProxy.Close() })
+	s.sessiondRDB = "redis://" + s.redisProxy.Addr()
+	return "redis://" + s.redis.Addr(), nil
+}
+
+// startRedisSentinel starts a master, its replica and a sentinel; sessiond
+// and the harness both follow the sentinel.
+func (s *suite) startRedisSentinel(t *testing.T, ctx context.Context) (string, error) {
+	var err error
+	if s.sentinel, err = devstack.StartRedisSentinel(ctx, devstack.RedisSentinelOptions{}); err != nil {
+		return "", err
+	}
+	t.Cleanup(func() {
+		if err := s.sentinel.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	s.sessiondRDB = s.sentinel.URL()
+	return s.sentinel.URL(), nil
+}
+
 // instanceArgs are the flags every instance gets: sessiond reaches Postgres
-// and Redis through the proxies, warms every seeded session at start, and
-// otherwise runs with its defaults.
+// and Redis through the proxies (or the replicated engines directly), warms
+// every seeded session at start, and otherwise runs with its defaults.
 func (s *suite) instanceArgs() []string {
 	return []string{
-		"--database-url", s.proxiedDBURL(),
-		"--redis-url", "redis://" + s.redisProxy.Addr(),
+		"--database-url", s.sessiondDB,
+		"--redis-url", s.sessiondRDB,
 		"--warm-count", "50000",
 		"--warm-window", "744h", // the seed's activity spans 30 days
 		"--warm-batch-size", "500",
@@ -195,16 +293,6 @@ func (s *suite) instanceArgs() []string {
 
 func (s *suite) startInstance(name string, extra ...string) (*instance, error) {
 	return startInstance(s.ctx, s.logDir, name, append(s.instanceArgs(), extra...))
-}
-
-// proxiedDBURL is the database's URL with the Postgres proxy's address.
-func (s *suite) proxiedDBURL() string {
-	u, err := url.Parse(s.dbURL)
-	if err != nil {
-		panic(err) // devstack made it
-	}
-	u.Host = s.pgProxy.Addr()
-	return u.String()
 }
 
 func withParam(raw, k, v string) string {
@@ -501,15 +589,28 @@ func loadModel(ctx context.Context, db *pgxpool.Conn) (*model, error) {
 // instants.
 func (s *suite) commit(t *testing.T, what string, lag time.Duration, fn func(ctx context.Context, tx pgx.Tx) error, apply func() []*sessionRow) (before, after time.Time) {
 	t.Helper()
+	before, after, err := s.tryCommit(t, what, lag, fn, apply)
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	return before, after
+}
+
+// tryCommit is commit for a transaction that may be refused (no primary
+// yet): a failure before COMMIT was sent is returned, and nothing is
+// recorded; a failed COMMIT fails the test, since the transaction may have
+// committed all the same.
+func (s *suite) tryCommit(t *testing.T, what string, lag time.Duration, fn func(ctx context.Context, tx pgx.Tx) error, apply func() []*sessionRow) (before, after time.Time, err error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(s.ctx, time.Minute)
 	defer cancel()
 	tx, err := s.db.Begin(ctx)
 	if err != nil {
-		t.Fatalf("%s: begin: %v", what, err)
+		return before, after, fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	if err := fn(ctx, tx); err != nil {
-		t.Fatalf("%s: %v", what, err)
+		return before, after, err
 	}
 	before = time.Now()
 	err = tx.Commit(ctx)
@@ -523,7 +624,7 @@ func (s *suite) commit(t *testing.T, what string, lag time.Duration, fn func(ctx
 			tok.Changes = append(tok.Changes, Change{Before: before, After: after, Lag: lag, To: st, What: s.current + ": " + what})
 		}
 	}
-	return before, after
+	return before, after, nil
 }
 
 // statements is a commit body that runs the sql statements in order, each with args.
@@ -581,18 +682,32 @@ func userIDs(users []*userRow) []string {
 
 // setUsers sets a column of the users in one UPDATE.
 func (s *suite) setUsers(t *testing.T, what string, lag time.Duration, users []*userRow, set string, mark func(*userRow)) (time.Time, time.Time) {
-	return s.commit(t, what, lag, statements([]any{userIDs(users)}, `UPDATE platform.users SET `+set+` WHERE id = ANY($1::uuid[])`), func() []*sessionRow {
+	return s.commit(t, what, lag, setUsersSQL(users, set), s.markUsers(users, mark))
+}
+
+func setUsersSQL(users []*userRow, set string) func(ctx context.Context, tx pgx.Tx) error {
+	return statements([]any{userIDs(users)}, `UPDATE platform.users SET `+set+` WHERE id = ANY($1::uuid[])`)
+}
+
+// markUsers is setUsers' model update.
+func (s *suite) markUsers(users []*userRow, mark func(*userRow)) func() []*sessionRow {
+	return func() []*sessionRow {
 		for _, u := range users {
 			mark(u)
 		}
 		return s.sessionsOf(users)
-	})
+	}
 }
 
 func (s *suite) ban(t *testing.T, lag time.Duration, users ...*userRow) (time.Time, time.Time) {
-	return s.setUsers(t, fmt.Sprintf("ban %d user(s)", len(users)), lag, users, `banned_until = now() + interval '1 day'`,
-		func(u *userRow) { u.banned = true })
+	return s.setUsers(t, banWhat(users), lag, users, banSet, banned)
 }
+
+const banSet = `banned_until = now() + interval '1 day'`
+
+func banned(u *userRow) { u.banned = true }
+
+func banWhat(users []*userRow) string { return fmt.Sprintf("ban %d user(s)", len(users)) }
 
 func (s *suite) unban(t *testing.T, lag time.Duration, users ...*userRow) (time.Time, time.Time) {
 	return s.setUsers(t, fmt.Sprintf("unban %d user(s)", len(users)), lag, users, `banned_until = NULL`,

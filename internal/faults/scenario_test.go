@@ -5,7 +5,6 @@ package faults
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -308,17 +307,6 @@ func (s *suite) sweepUntil(t *testing.T, toks []int32, ins []*instance, within t
 			t.Fatalf("%d token×instance pairs not %s within %v", left, what, within)
 		}
 		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// report prints the table and writes it to $FAULTS_REPORT if set.
-func (s *suite) report(t *testing.T) {
-	md := Markdown(s.rows)
-	fmt.Printf("\n## Fault suite (%s)\n\n%s\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), md)
-	if path := os.Getenv("FAULTS_REPORT"); path != "" {
-		if err := os.WriteFile(path, []byte(md), 0o644); err != nil {
-			t.Errorf("write FAULTS_REPORT: %v", err)
-		}
 	}
 }
 

@@ -526,6 +526,9 @@ func (v *Invalidator) listen(ctx context.Context) (lived bool, err error) {
 		return false, connectError{fmt.Errorf("listen: %w", err)}
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	// Postgres answers again: from now on revocations can be committed, and
+	// until this listener covers, what is cached is not believed.
+	v.fence.SetListener(tiers.ListenerLost)
 
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()

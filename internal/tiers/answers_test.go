@@ -18,6 +18,7 @@ func TestAnswered(t *testing.T) {
 		if _, err := rt.Validate(context.Background(), tok); err != nil {
 			t.Fatal(err)
 		}
+		rt.Wait() // a miss's fill lands after its answer
 	}
 	c := rt.Counters()
 	want := map[[2]int]int64{

@@ -277,13 +277,7 @@ func (rt *ReadThrough) lookup(ctx context.Context, token, key string, gen int64,
 // read runs one flight: the Postgres query, the answer, then the fill.
 func (rt *ReadThrough) read(ctx context.Context, f *flight, token, key string, gen int64) {
 	defer rt.reads.Done()
-	defer func() {
-		rt.mu.Lock()
-		if rt.flights[key] == f {
-			delete(rt.flights, key)
-		}
-		rt.mu.Unlock()
-	}()
+	defer rt.forget(key, f)
 	// Taken before the read: a write of what it returns is refused if an
 	// invalidation came after this instant (see Redis.SetMany).
 	st := Stamp{ReadStart: time.Now(), Gen: gen}
@@ -296,10 +290,13 @@ func (rt *ReadThrough) read(ctx context.Context, f *flight, token, key string, g
 		err = fmt.Errorf("%w: postgres did not answer within %s", ErrUnavailable, rt.opts.PostgresTimeout)
 	}
 	f.rec, f.err = rec, err
-	close(f.done) // the callers have their answer
-	if err != nil {
+	if err != nil || (rec == nil && !rt.opts.Negative) {
+		// Nothing to fill: later callers read again.
+		rt.forget(key, f)
+		close(f.done)
 		return
 	}
+	close(f.done) // the callers have their answer
 	if rt.fills.Add(1) > maxFills {
 		rt.fills.Add(-1)
 		rt.c.FillsDropped.Add(1)
@@ -307,6 +304,15 @@ func (rt *ReadThrough) read(ctx context.Context, f *flight, token, key string, g
 	}
 	rt.fill(ctx, key, rec, st)
 	rt.fills.Add(-1)
+}
+
+// forget makes f unfindable, unless a newer flight already replaced it.
+func (rt *ReadThrough) forget(key string, f *flight) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.flights[key] == f {
+		delete(rt.flights, key)
+	}
 }
 
 // fill caches what Postgres said: the session, or (when negative caching is

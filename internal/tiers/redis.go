@@ -100,8 +100,10 @@ func ClientOption(url string, o RedisOptions, r *Redis) (rueidis.ClientOption, e
 	opt.DisableRetry = true
 	if opt.Sentinel.MasterSet != "" {
 		// Sentinel topology is otherwise followed only through +switch-master
-		// events; one missed event would pin the client to a demoted master.
-		opt.Sentinel.TopologyRefreshInterval = 5 * time.Second
+		// events; one missed event (the subscription's connection is dropped
+		// with each failed attempt to reach a dead master) would pin the
+		// client to a demoted master. Every second bounds that.
+		opt.Sentinel.TopologyRefreshInterval = time.Second
 	}
 	if r != nil {
 		f := r.fence

@@ -182,7 +182,11 @@ func (w *Warmer) Start(req Request, held bool) (r *Run, joined bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.current != nil {
-		return w.current, true
+		select {
+		case <-w.current.Done(): // ended; its goroutine has not cleared it yet
+		default:
+			return w.current, true
+		}
 	}
 	cfg := w.cfg
 	if req.Count > 0 {
@@ -205,7 +209,9 @@ func (w *Warmer) Start(req Request, held bool) (r *Run, joined bool) {
 		defer cancel()
 		w.run(ctx, r, cfg, req)
 		w.mu.Lock()
-		w.current = nil
+		if w.current == r {
+			w.current = nil
+		}
 		w.mu.Unlock()
 	}()
 	return r, false
