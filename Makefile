@@ -77,8 +77,20 @@ build: ## build bin/sessiond
 	$(GO) build -o $(BIN)/sessiond ./cmd/sessiond
 
 .PHONY: bench
-bench: deps ## sessionbench compare: sessiond (and with tracing on) vs no local cache vs direct Postgres vs a no-op gRPC server (throwaway servers, ~2 min)
+bench: deps ## sessionbench compare: sessiond (and with tracing on) vs no local cache vs direct Postgres vs an ideal cache vs a no-op gRPC server (throwaway servers, ~2.5 min)
 	$(GO) run ./cmd/sessionbench compare $(ARGS)
+
+.PHONY: bench-warm
+bench-warm: deps ## sessionbench warm: warming 1M sessions (batch 1,000, delay 0), sessions/s and Redis B/session on one Redis and a 3-master cluster (~3 min)
+	$(GO) run ./cmd/sessionbench warm $(ARGS)
+
+.PHONY: bench-flood
+bench-flood: deps ## sessionbench flood: 50k/s never-seen tokens for 10 s: Postgres queries per token, caller p99, cached sessions' latency meanwhile (~40 s)
+	$(GO) run ./cmd/sessionbench flood $(ARGS)
+
+.PHONY: bench-coldstart
+bench-coldstart: deps ## sessionbench coldstart: sessiond with default flags on a cold Redis, Zipf(1.1) load from SERVING: hit rate per second, time to SERVING (3 runs, ~1 min)
+	$(GO) run ./cmd/sessionbench coldstart $(ARGS)
 
 .PHONY: bench-callers
 bench-callers: deps ## p50/p99 of a cache hit through ValidateSession, ext_authz Check and forward-auth GET (~30 s)

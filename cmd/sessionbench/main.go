@@ -17,6 +17,7 @@ import (
 )
 
 func main() {
+	bench.RunSessiondChild() // coldstart runs sessiond as this program
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := bench.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

@@ -3,13 +3,13 @@ package bench
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/sessiond/sessiond/internal/seed"
@@ -17,11 +17,16 @@ import (
 
 const usage = `sessionbench measures sessiond.
 
-  sessionbench seed     --database-url URL [--users N] [--sessions N] [--seed S] [--tokens FILE]
-  sessionbench load     --addr HOST:PORT --tokens FILE [--rate R | --concurrency C] [--duration D] [--mix ...] [--json] [--plot out.png]
-  sessionbench compare  [--database-url URL --redis-url URL] [--sessions N] [--duration D] [--concurrency C] [--rate R] [--json] [--plot out.png]
+  sessionbench seed      --database-url URL [--users N] [--sessions N] [--seed S] [--tokens FILE]
+  sessionbench load      --addr HOST:PORT --tokens FILE [--rate R | --concurrency C] [--duration D] [--mix ...] [--json] [--plot out.png]
+  sessionbench compare   [--database-url URL --redis-url URL] [--sessions N] [--duration D] [--concurrency C] [--rate R] [--json] [--plot out.png]
+  sessionbench warm      [--database-url URL] [--sessions N] [--batch-size B] [--delay D] [--engines single,cluster] [--json]
+  sessionbench flood     [--database-url URL --redis-url URL] [--sessions N] [--rate R] [--duration D] [--trickle-rate R] [--json]
+  sessionbench coldstart [--database-url URL] [--sessions N] [--duration D] [--concurrency C] [--runs N] [--sessiond BIN] [--json]
 
-Run "sessionbench COMMAND --help" for a command's flags.
+Run "sessionbench COMMAND --help" for a command's flags. ext_authz Check and
+forward-auth GET beside ValidateSession: make bench-callers (BenchmarkCallers in
+internal/server).
 `
 
 // Main runs the sessionbench command line: args without the program name.
@@ -38,6 +43,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdLoad(ctx, args[1:], stdout, stderr)
 	case "compare":
 		return cmdCompare(ctx, args[1:], stdout, stderr)
+	case "warm":
+		return cmdWarm(ctx, args[1:], stdout, stderr)
+	case "flood":
+		return cmdFlood(ctx, args[1:], stdout, stderr)
+	case "coldstart":
+		return cmdColdStart(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return flag.ErrHelp
@@ -162,14 +173,8 @@ every call's sample.`, stderr)
 	} else if statsErr != nil {
 		fmt.Fprintf(stderr, "GetStats failed (%v): postgres answers per 1,000 calls unknown\n", statsErr)
 	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(res); err != nil {
-			return err
-		}
-	} else {
-		WriteResult(stdout, res)
+	if err := writeReport(stdout, *asJSON, res, func(w io.Writer) { WriteResult(w, res) }); err != nil {
+		return err
 	}
 	if *plotPath != "" {
 		if err := WritePlot(*plotPath, []PlotLine{{Name: res.Mode, Series: res.Series}}); err != nil {
@@ -187,7 +192,7 @@ every call's sample.`, stderr)
 
 func cmdCompare(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("compare", `sessionbench compare seeds a database and drives the same traffic (see "load --help"
-for --mix) against five gRPC servers, all in this process, over TCP on 127.0.0.1
+for --mix) against six gRPC servers, all in this process, over TCP on 127.0.0.1
 with real gRPC clients:
   sessiond                  config.Default(), every seeded session warmed (warm window
                             31 days, no batch delay), ready before measuring
@@ -195,11 +200,14 @@ with real gRPC clients:
                             batched to an exporter that drops them: the cost of tracing
   sessiond, no local cache  the same with LocalCache=false: a Redis round trip per call
   direct postgres           one pgx query per call (tiers.Postgres.Lookup + tiers.Check)
+  ideal cache               every seeded session in a Go map keyed by the token's SHA-256,
+                            loaded before measuring, answered with tiers.Check and
+                            service.Response: the floor of any caching design
   no-op gRPC                a constant answer (a valid session of the usual size): the floor of any gRPC service here
 each in a closed loop with --concurrency callers, then with 1 caller (and, with
 --rate, an open loop at that rate). Without --database-url/--redis-url it starts
 throwaway servers and removes them when done, also on Ctrl-C. The default run takes
-about 2 minutes.`, stderr)
+about 2.5 minutes. See also "warm", "flood" and "coldstart".`, stderr)
 	dbURL := fs.String("database-url", "", "Postgres URL of an empty database (empty: start a throwaway PostgreSQL)")
 	redisURL := fs.String("redis-url", "", "Redis URL (empty: start a throwaway redis-server)")
 	sessions := fs.Int("sessions", 100_000, "sessions to seed (demo shape: 10% expired, some users banned or deleted, activity over 30 days)")
@@ -215,34 +223,33 @@ about 2 minutes.`, stderr)
 	logLevel := fs.String("log-level", "warn", "sessiond's log level (to stderr)")
 	asJSON := fs.Bool("json", false, "print JSON instead of markdown")
 	plotPath := fs.String("plot", "", "write hit rate and p99 per second of each scenario's first mode to this PNG")
+	scenariosS := fs.String("scenarios", "", "comma-separated scenarios to run (empty: all): "+strings.Join(Scenarios, ", "))
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	scenarios, err := parseScenarios(*scenariosS)
+	if err != nil {
 		return err
 	}
 	mix, err := ParseMix(*mixS)
 	if err != nil {
 		return err
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("invalid --log-level: %w", err)
+	log, err := sessiondLog(stderr, *logLevel)
+	if err != nil {
+		return err
 	}
 	rep, err := Compare(ctx, CompareOptions{
 		DatabaseURL: *dbURL, RedisURL: *redisURL, Users: *users, Sessions: *sessions, Seed: *s,
 		Duration: *dur, Concurrency: *conc, Rate: *rate, Conns: *conns, PoolSize: *pool, Mix: mix, Timeout: *timeout,
-		Log:      slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})),
-		Progress: stderr,
+		Log: log, Progress: stderr, Scenarios: scenarios,
 	})
 	if err != nil && len(rep.Results) == 0 {
 		return err
 	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
-			return err
-		}
-	} else {
-		WriteCompare(stdout, rep)
+	rep.Command = commandLine(append([]string{"compare"}, args...))
+	if err := writeReport(stdout, *asJSON, rep, func(w io.Writer) { WriteCompare(w, rep) }); err != nil {
+		return err
 	}
 	if *plotPath != "" && len(rep.Results) > 0 {
 		var lines []PlotLine
@@ -265,4 +272,22 @@ about 2 minutes.`, stderr)
 		}
 	}
 	return nil
+}
+
+// parseScenarios reads --scenarios: nil (all) when empty.
+func parseScenarios(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var out []string
+	for name := range strings.SplitSeq(s, ",") {
+		name = strings.TrimSpace(name)
+		if !slices.Contains(Scenarios, name) {
+			return nil, fmt.Errorf("invalid --scenarios: %q is not one of: %s", name, strings.Join(Scenarios, ", "))
+		}
+		if !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	return out, nil
 }

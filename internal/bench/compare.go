@@ -18,8 +18,12 @@ const (
 	ScenarioSessiondTraced = "sessiond, tracing on"
 	ScenarioSessiondNoLoc  = "sessiond, no local cache"
 	ScenarioDirectPostgres = "direct postgres"
+	ScenarioIdeal          = "ideal cache"
 	ScenarioNoop           = "no-op gRPC"
 )
+
+// Scenarios lists every scenario, in the order Compare runs them.
+var Scenarios = []string{ScenarioSessiond, ScenarioSessiondTraced, ScenarioSessiondNoLoc, ScenarioDirectPostgres, ScenarioIdeal, ScenarioNoop}
 
 // CompareOptions configures Compare.
 type CompareOptions struct {
@@ -37,12 +41,13 @@ type CompareOptions struct {
 	Timeout     time.Duration // per call
 	Log         *slog.Logger  // sessiond's log
 	Progress    io.Writer     // one line per step
-	Scenarios   []string      // nil: all five
+	Scenarios   []string      // nil: all of Scenarios
 	DevStack    devstack.PostgresOptions
 }
 
 // CompareReport is what Compare measured.
 type CompareReport struct {
+	Command string       `json:"command,omitempty"` // the sessionbench command line, when run by one
 	Seed    seed.Summary `json:"seed"`
 	Mix     string       `json:"mix"`
 	Results []Result     `json:"results"`
@@ -56,11 +61,7 @@ type CompareReport struct {
 // are stopped, and their files removed, before it returns, also when ctx
 // ends early (it then returns what it measured with ctx's error).
 func Compare(ctx context.Context, o CompareOptions) (rep CompareReport, err error) {
-	progress := func(format string, a ...any) {
-		if o.Progress != nil {
-			fmt.Fprintf(o.Progress, format+"\n", a...)
-		}
-	}
+	progress := progressTo(o.Progress)
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
@@ -68,31 +69,13 @@ func Compare(ctx context.Context, o CompareOptions) (rep CompareReport, err erro
 		return rep, fmt.Errorf("compare: want concurrency >= 1, duration > 0, sessions >= 1 (got %d, %s, %d)", o.Concurrency, o.Duration, o.Sessions)
 	}
 	rep.Mix = o.Mix.String()
-	var cleanups []func()
-	defer func() {
-		for i := len(cleanups) - 1; i >= 0; i-- {
-			cleanups[i]()
-		}
-	}()
-	if o.DatabaseURL == "" {
-		progress("starting a throwaway PostgreSQL…")
-		pg, err := devstack.StartPostgres(ctx, o.DevStack)
-		if err != nil {
-			return rep, err
-		}
-		cleanups = append(cleanups, func() { _ = pg.Stop() })
-		if o.DatabaseURL, err = pg.CreateDatabase(ctx, "sessionbench"); err != nil {
-			return rep, err
-		}
+	st := &stack{progress: progress}
+	defer st.stop()
+	if o.DatabaseURL, err = st.postgres(ctx, o.DatabaseURL, o.DevStack); err != nil {
+		return rep, err
 	}
-	if o.RedisURL == "" {
-		progress("starting a throwaway redis-server…")
-		rs, err := devstack.StartRedis(ctx, devstack.RedisOptions{})
-		if err != nil {
-			return rep, err
-		}
-		cleanups = append(cleanups, func() { _ = rs.Stop() })
-		o.RedisURL = rs.URL()
+	if o.RedisURL, err = st.redis(ctx, o.RedisURL); err != nil {
+		return rep, err
 	}
 
 	var truth []seed.Truth
@@ -137,6 +120,7 @@ func Compare(ctx context.Context, o CompareOptions) (rep CompareReport, err erro
 		{ScenarioDirectPostgres, true, func() (*target, error) {
 			return startDirect(ctx, o.DatabaseURL, max(o.PoolSize, 1))
 		}},
+		{ScenarioIdeal, true, func() (*target, error) { return startIdeal(ctx, o.DatabaseURL) }},
 		{ScenarioNoop, false, startNoop},
 	}
 	for _, sc := range all {

@@ -9,10 +9,13 @@ import (
 	"github.com/sessiond/sessiond/internal/devstack/devtest"
 )
 
-func TestMain(m *testing.M) { devtest.Main(m) }
+func TestMain(m *testing.M) {
+	RunSessiondChild() // TestColdStartEndToEnd starts this test binary as sessiond
+	devtest.Main(m)
+}
 
 // TestCompareEndToEnd runs `sessionbench compare` with tiny settings against
-// real Postgres and Redis: five scenarios, two modes each, no wrong answer.
+// real Postgres and Redis: six scenarios, two modes each, no wrong answer.
 func TestCompareEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts servers and runs 8 one-second loads")
@@ -44,13 +47,13 @@ func TestCompareEndToEnd(t *testing.T) {
 			t.Errorf("%s, %s: codes %v", r.Scenario, r.Mode, r.Codes)
 		}
 	}
-	for _, s := range []string{ScenarioSessiond, ScenarioSessiondTraced, ScenarioSessiondNoLoc, ScenarioDirectPostgres, ScenarioNoop} {
+	for _, s := range []string{ScenarioSessiond, ScenarioSessiondTraced, ScenarioSessiondNoLoc, ScenarioDirectPostgres, ScenarioIdeal, ScenarioNoop} {
 		if scenarios[s] != 2 {
 			t.Errorf("scenario %q: %d results, want 2 (closed C=4 and C=1)", s, scenarios[s])
 		}
 	}
-	if len(scenarios) != 5 {
-		t.Errorf("scenarios %v, want 5", scenarios)
+	if len(scenarios) != 6 {
+		t.Errorf("scenarios %v, want 6", scenarios)
 	}
 	for _, r := range rep.Results {
 		switch r.Scenario {
@@ -61,6 +64,10 @@ func TestCompareEndToEnd(t *testing.T) {
 			if r.PostgresPer1000 == nil {
 				t.Errorf("sessiond %s: no postgres count from GetStats", r.Mode)
 			}
+		case ScenarioIdeal:
+			if r.HitRate != 100 || r.PostgresPer1000 == nil || *r.PostgresPer1000 != 0 {
+				t.Errorf("ideal cache %s: hit rate %v, postgres/1k %v, want every answer from memory", r.Mode, r.HitRate, r.PostgresPer1000)
+			}
 		case ScenarioDirectPostgres:
 			if r.HitRate != 0 || r.PostgresPer1000 == nil || *r.PostgresPer1000 < 950 {
 				t.Errorf("direct postgres %s: hit rate %v, postgres/1k %v", r.Mode, r.HitRate, r.PostgresPer1000)
@@ -70,10 +77,13 @@ func TestCompareEndToEnd(t *testing.T) {
 
 	var md bytes.Buffer
 	WriteCompare(&md, rep)
-	for _, s := range []string{ScenarioSessiond, ScenarioSessiondTraced, ScenarioSessiondNoLoc, ScenarioDirectPostgres, ScenarioNoop} {
+	for _, s := range Scenarios {
 		if !strings.Contains(md.String(), "| "+s+" |") {
 			t.Errorf("markdown table has no row for %q:\n%s", s, md.String())
 		}
+	}
+	if !strings.Contains(md.String(), "command: `sessionbench compare --database-url") {
+		t.Errorf("markdown has no command line:\n%s", md.String())
 	}
 	if n := strings.Count(md.String(), "tracing cost, "); n != 2 {
 		t.Errorf("%d tracing cost lines, want one per mode:\n%s", n, md.String())

@@ -67,12 +67,15 @@ func ratio(a, b float64) string {
 }
 
 // WriteCompare writes the comparison as a markdown table: each scenario and
-// mode, with its throughput and p50 as multiples of the no-op server's and
-// the direct-Postgres baseline's in the same mode.
+// mode, with its throughput and p50 as multiples of the no-op server's, the
+// ideal cache's and the direct-Postgres baseline's in the same mode.
 func WriteCompare(w io.Writer, rep CompareReport) {
+	if rep.Command != "" {
+		fmt.Fprintf(w, "command: `%s`\n\n", rep.Command)
+	}
 	fmt.Fprintf(w, "seeded: %s\nmix: %s\n\n", summaryLine(rep.Seed), rep.Mix)
-	fmt.Fprintln(w, "| scenario | mode | calls/s | p50 ms | p99 ms | p99.9 ms | hit rate | pg/1k calls | wrong | calls/s vs no-op | p50 vs no-op | calls/s vs direct pg | p50 vs direct pg |")
-	fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	fmt.Fprintln(w, "| scenario | mode | calls/s | p50 ms | p99 ms | p99.9 ms | hit rate | pg/1k calls | wrong | calls/s vs no-op | p50 vs no-op | calls/s vs ideal | p50 vs ideal | calls/s vs direct pg | p50 vs direct pg |")
+	fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	find := func(scenario, mode string) *Result {
 		for i := range rep.Results {
 			if rep.Results[i].Scenario == scenario && rep.Results[i].Mode == mode {
@@ -90,10 +93,11 @@ func WriteCompare(w io.Writer, rep CompareReport) {
 			return ratio(r.Throughput, b.Throughput), ratio(r.Latency.P50, b.Latency.P50)
 		}
 		tn, pn := vs(ScenarioNoop)
+		ti, pi := vs(ScenarioIdeal)
 		td, pd := vs(ScenarioDirectPostgres)
-		fmt.Fprintf(w, "| %s | %s | %.0f | %.3f | %.3f | %.3f | %.1f %% | %s | %s | %s | %s | %s | %s |\n",
+		fmt.Fprintf(w, "| %s | %s | %.0f | %.3f | %.3f | %.3f | %.1f %% | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 			r.Scenario, r.Mode, r.Throughput, r.Latency.P50, r.Latency.P99, r.Latency.P999, r.HitRate,
-			fmtPG(r.PostgresPer1000), fmtWrong(r), tn, pn, td, pd)
+			fmtPG(r.PostgresPer1000), fmtWrong(r), tn, pn, ti, pi, td, pd)
 	}
 	// What tracing costs: the traced sessiond against the plain one, mode by mode.
 	for _, r := range rep.Results {

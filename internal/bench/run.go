@@ -36,6 +36,12 @@ type RunOptions struct {
 	// Seed makes the traffic reproducible: the open loop draws from one
 	// sampler seeded Seed, closed-loop caller w from one seeded Seed+w.
 	Seed uint64
+	// DropLate ends an open loop at Duration whatever is left to send: a
+	// machine that cannot send Rate calls per second sends what it can in
+	// Duration, and the calls not sent by then are counted in Result.Unsent
+	// instead of being sent after it. (Without it every scheduled call is
+	// sent, however late the run ends.)
+	DropLate bool
 }
 
 // Mode describes o for a report.
@@ -55,10 +61,13 @@ type recorder struct {
 	samples  []Sample
 	wrong    int
 	examples []string
+	unsent   int // open loop with DropLate: calls due but not sent by the end
 }
 
-func (r *recorder) record(c Call, at, lat time.Duration, resp *sessiondv1.ValidateSessionResponse, err error) {
-	s := Sample{At: at, Lat: lat, Code: status.Code(err), Kind: c.Kind}
+// record keeps one call due at at, sent wait after that and answered lat
+// after it was due.
+func (r *recorder) record(c Call, at, wait, lat time.Duration, resp *sessiondv1.ValidateSessionResponse, err error) {
+	s := Sample{At: at, Wait: wait, Lat: lat, Code: status.Code(err), Kind: c.Kind}
 	if err == nil {
 		s.Source = resp.GetSource()
 	}
@@ -105,8 +114,9 @@ func Run(ctx context.Context, rank *Ranking, mix Mix, callers []Caller, o RunOpt
 	for i := range recs {
 		recs[i] = &recorder{start: start, check: o.Check}
 	}
+	unsent := 0
 	if o.Rate > 0 {
-		runOpen(ctx, samplers[0], callers, recs, o, start)
+		unsent = runOpen(ctx, samplers[0], callers, recs, o, start)
 	} else {
 		runClosed(ctx, samplers, callers, recs, o, start)
 	}
@@ -118,6 +128,7 @@ func Run(ctx context.Context, rank *Ranking, mix Mix, callers []Caller, o RunOpt
 	for _, r := range recs {
 		all = append(all, r.samples...)
 		wrong += r.wrong
+		unsent += r.unsent
 		for _, e := range r.examples {
 			if len(examples) < maxWrongExamples {
 				examples = append(examples, e)
@@ -125,6 +136,10 @@ func Run(ctx context.Context, rank *Ranking, mix Mix, callers []Caller, o RunOpt
 		}
 	}
 	res := summarize(all, elapsed)
+	if o.Rate > 0 {
+		res.Service, res.MaxSendLagMS = serviceLatency(all)
+		res.Unsent = unsent
+	}
 	res.Mode = o.Mode()
 	res.Checked = o.Check
 	res.Wrong = wrong
@@ -164,7 +179,7 @@ func runClosed(ctx context.Context, samplers []*Sampler, callers []Caller, recs 
 				if ctx.Err() != nil && status.Code(err) == codes.Canceled {
 					return // our own stop, not the server's answer
 				}
-				r.record(cl, t.Sub(start), time.Since(t), resp, err)
+				r.record(cl, t.Sub(start), 0, time.Since(t), resp, err)
 			}
 		})
 	}
@@ -176,18 +191,28 @@ type job struct {
 	call Call
 }
 
-func runOpen(ctx context.Context, s *Sampler, callers []Caller, recs []*recorder, o RunOptions, start time.Time) {
+// runOpen runs the open loop and returns how many calls the dispatcher
+// did not send because DropLate ended the run (the senders count those
+// they took too late in their recorders).
+func runOpen(ctx context.Context, s *Sampler, callers []Caller, recs []*recorder, o RunOptions, start time.Time) (unsent int) {
 	jobs := make(chan job, 4096)
+	end := start.Add(o.Duration)
 	var wg sync.WaitGroup
 	for w := range recs {
 		wg.Go(func() {
 			r, c := recs[w], callers[w%len(callers)]
 			for j := range jobs {
+				sent := time.Now()
+				if o.DropLate && !sent.Before(end) {
+					r.unsent++
+					continue
+				}
 				resp, err := call(ctx, c, j.call.Token, o.Timeout)
 				if ctx.Err() != nil && status.Code(err) == codes.Canceled {
 					continue
 				}
-				r.record(j.call, j.at, time.Since(start.Add(j.at)), resp, err)
+				due := start.Add(j.at)
+				r.record(j.call, j.at, sent.Sub(due), time.Since(due), resp, err)
 			}
 		})
 	}
@@ -196,6 +221,10 @@ func runOpen(ctx context.Context, s *Sampler, callers []Caller, recs []*recorder
 	timer.Stop()
 dispatch:
 	for i := range total {
+		if o.DropLate && !time.Now().Before(end) {
+			unsent = total - i
+			break
+		}
 		// The schedule is computed, not ticked: no drift, and a late
 		// dispatcher sends what is due at once rather than skipping it.
 		at := time.Duration(float64(i) * float64(time.Second) / o.Rate)
@@ -216,4 +245,5 @@ dispatch:
 	}
 	close(jobs)
 	wg.Wait()
+	return unsent
 }

@@ -106,3 +106,58 @@ func TestRunStopsWithContext(t *testing.T) {
 		}
 	})
 }
+
+// TestOpenLoopServiceLatency: in the stalled run of
+// TestOpenLoopMeasuresFromSchedule, the time from send to answer is 1 s for
+// the stalled call and 0 for every other (they waited before being sent,
+// not in the server), and the longest lag between due and sent is that of
+// call 1 (due at 10 ms, sent at 1 s).
+func TestOpenLoopServiceLatency(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var stalled atomic.Bool
+		fake := func(ctx context.Context, token string) (*sessiondv1.ValidateSessionResponse, error) {
+			if stalled.CompareAndSwap(false, true) {
+				time.Sleep(time.Second)
+			}
+			return &sessiondv1.ValidateSessionResponse{Reason: sessiondv1.Reason_REASON_NOT_FOUND}, nil
+		}
+		res, err := Run(t.Context(), NewRanking(nil), Mix{Unknown: 1}, []Caller{fake},
+			RunOptions{Duration: 2 * time.Second, Rate: 100, Concurrency: 1, Check: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Service == nil || res.Service.Max != 1000 || res.Service.P99 != 0 {
+			t.Errorf("service latency %+v, want max 1000 ms, p99 0", res.Service)
+		}
+		if res.MaxSendLagMS != 990 || res.Unsent != 0 {
+			t.Errorf("max send lag %v ms, unsent %d; want 990 ms, 0", res.MaxSendLagMS, res.Unsent)
+		}
+	})
+}
+
+// TestOpenLoopDropLate: one sender and a server taking 10 ms cannot send
+// 1,000 calls/s. With DropLate the run ends at its duration: about 100
+// calls were sent, the rest are counted unsent, and each call sent took the
+// server's 10 ms (its latency from due time is far longer).
+func TestOpenLoopDropLate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		slow := func(ctx context.Context, token string) (*sessiondv1.ValidateSessionResponse, error) {
+			time.Sleep(10 * time.Millisecond)
+			return &sessiondv1.ValidateSessionResponse{Reason: sessiondv1.Reason_REASON_NOT_FOUND}, nil
+		}
+		res, err := Run(t.Context(), NewRanking(nil), Mix{Unknown: 1}, []Caller{slow},
+			RunOptions{Duration: time.Second, Rate: 1000, Concurrency: 1, Check: true, DropLate: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Calls != 100 || res.Calls+res.Unsent != 1000 {
+			t.Errorf("calls %d, unsent %d; want 100 sent of 1000", res.Calls, res.Unsent)
+		}
+		if res.Seconds != 1 {
+			t.Errorf("the run took %v s, want 1", res.Seconds)
+		}
+		if res.Service.P50 != 10 || res.Service.Max != 10 || res.Latency.Max < 900 {
+			t.Errorf("service %+v, latency %+v; want 10 ms to answer, up to ~900 ms from due", res.Service, res.Latency)
+		}
+	})
+}

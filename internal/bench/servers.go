@@ -111,14 +111,18 @@ func startDirect(ctx context.Context, databaseURL string, poolSize int) (*target
 // the size sessiond answers with, so that the floor marshals and sends the
 // same bytes and the comparison measures the service, not the payload.
 func noopResponse() *sessiondv1.ValidateSessionResponse {
-	now := time.Now()
+	return service.Response(tiers.Result{Source: tiers.SourceLocal, Record: sampleRecord(time.Now())})
+}
+
+// sampleRecord is a valid session of the usual size at now.
+func sampleRecord(now time.Time) *tiers.Record {
 	s := func(v string) *string { return &v }
-	return service.Response(tiers.Result{Source: tiers.SourceLocal, Record: &tiers.Record{
+	return &tiers.Record{
 		ID: "0d4f4a5e-8d0c-4b0e-9a57-3e1f7b2c9d10", UserID: "6b1e2f3a-4c5d-4e6f-8a9b-0c1d2e3f4a5b",
 		ExpiresAt: now.Add(24 * time.Hour), LastActivityAt: now, CreatedAt: now.Add(-time.Hour),
 		IPAddress: s("203.0.113.7"), UserAgent: s("Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"),
 		Email: "kkim12@fastmail.com", FirstName: s("Kim"), LastName: s("Kowalski"), Username: s("kkim59"),
-	}})
+	}
 }
 
 func startNoop() (*target, error) {

@@ -1,10 +1,7 @@
 package warm_test
 
 import (
-	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -12,13 +9,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/rueidis"
 
+	"github.com/sessiond/sessiond/internal/bench"
 	"github.com/sessiond/sessiond/internal/devstack/devtest"
 	"github.com/sessiond/sessiond/internal/schema"
 	"github.com/sessiond/sessiond/internal/seed"
-	"github.com/sessiond/sessiond/internal/tiers"
-	"github.com/sessiond/sessiond/internal/warm"
 )
 
 func TestMain(m *testing.M) { devtest.Main(m) }
@@ -27,7 +22,8 @@ func TestMain(m *testing.M) { devtest.Main(m) }
 // $WARM_BENCH_SESSIONS, default 100,000 seeded) into an empty Redis, with
 // delay 0 and the batch size of $WARM_BENCH_BATCH (default 1,000), and
 // reports sessions/s, Redis bytes per warmed session (used_memory delta) and
-// the test process's peak RSS.
+// the test process's peak RSS. The measurement is bench.MeasureWarm, the
+// one `sessionbench warm` makes (which also seeds, and runs on a cluster).
 //
 //	WARM_BENCH_SESSIONS=1000000 go test -run '^$' -bench Warm -benchtime 1x ./internal/warm
 func BenchmarkWarm(b *testing.B) {
@@ -51,45 +47,18 @@ func BenchmarkWarm(b *testing.B) {
 		b.Fatal(err)
 	}
 	redisURL := devtest.RedisURL(b)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	r, err := tiers.ConnectRedis(ctx, redisURL, tiers.RedisOptions{TTL: 5 * time.Minute, Fence: tiers.FenceOptions{TombstoneMargin: time.Second, Timeout: 5 * time.Second}}, log)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(r.Close)
-	raw, err := rueidis.NewClient(rueidis.MustParseURL(redisURL))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(raw.Close)
-	w := warm.New(ctx, pool, r, warm.Config{
-		Count: n, BatchSize: batch, Window: 24 * time.Hour, Timeout: 5 * time.Minute, Storage: tiers.TokenStorageHash,
-	}, log)
-
-	var warmed int
-	var took time.Duration
-	var bytesPer float64
+	var res bench.WarmResult
 	for b.Loop() {
-		for _, n := range raw.Nodes() {
-			if err := n.Do(ctx, n.B().Flushall().Build()).Error(); err != nil {
-				b.Fatal(err)
-			}
+		res, err = bench.MeasureWarm(ctx, pool, redisURL, bench.WarmOptions{
+			Count: n, BatchSize: batch, Window: 24 * time.Hour, Flush: true,
+		})
+		if err != nil {
+			b.Fatal(err)
 		}
-		before := usedMemory(ctx, b, raw)
-		start := time.Now()
-		run, _ := w.Start(warm.Request{}, true)
-		<-run.Done()
-		took = time.Since(start)
-		p := run.Snapshot()
-		if p.Outcome != warm.Completed || p.Failed > 0 {
-			b.Fatalf("run: %+v", p)
-		}
-		warmed = p.Warmed
-		bytesPer = float64(usedMemory(ctx, b, raw)-before) / float64(p.Warmed)
 	}
-	b.ReportMetric(float64(warmed), "sessions")
-	b.ReportMetric(float64(warmed)/took.Seconds(), "sessions/s")
-	b.ReportMetric(bytesPer, "redis-B/session")
+	b.ReportMetric(float64(res.Warmed), "sessions")
+	b.ReportMetric(res.PerSecond, "sessions/s")
+	b.ReportMetric(res.BytesPerSession, "redis-B/session")
 	b.ReportMetric(peakRSSMiB(b), "peak-RSS-MiB")
 }
 
@@ -103,32 +72,6 @@ func envInt(b *testing.B, name string, def int) int {
 		b.Fatalf("%s: %v", name, err)
 	}
 	return n
-}
-
-// usedMemory is the sum of used_memory over every node (a cluster's
-// masters).
-func usedMemory(ctx context.Context, b *testing.B, c rueidis.Client) int64 {
-	var total int64
-	for addr, n := range c.Nodes() {
-		info, err := n.Do(ctx, n.B().Info().Section("memory").Build()).ToString()
-		if err != nil {
-			b.Fatal(err)
-		}
-		found := false
-		for _, line := range strings.Split(info, "\r\n") {
-			if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
-				m, err := strconv.ParseInt(v, 10, 64)
-				if err != nil {
-					b.Fatal(err)
-				}
-				total, found = total+m, true
-			}
-		}
-		if !found {
-			b.Fatalf("no used_memory in INFO of %s", addr)
-		}
-	}
-	return total
 }
 
 // peakRSSMiB is VmHWM of this process: sessiond's warming runs in it.
