@@ -16,7 +16,7 @@ import (
 // change in order across slots is checked on read instead (see Redis.Get and
 // Fence.Apply, and the README's protocol section):
 //
-//	s:{c}R                  the entry of the token whose SHA-256 starts with cR (an entry: see entry.go)
+//	s:{c}R                  the entry of the token whose SHA-256 starts with R (an entry: see entry.go)
 //	t:{c}R                  when the token was last invalidated (Unix ms of the invalidating instance)
 //	n:{c}R                  when a session was last created with the token
 //	ut:{U}                  when user U was last invalidated (Unix ms): every read of an entry of U
@@ -25,12 +25,13 @@ import (
 //	sessiond:{fence}:nodes   the run_id of every Redis master whose dataset was verified
 //	sessiond:{fence}:covered the shared coverage (see Fence.AdvanceCoverage)
 //
-// cR is the first 16 bytes of the digest in unpadded base64url (22
+// R is the first 16 bytes of the digest in unpadded base64url (22
 // characters: keys are a good part of the memory, and 128 bits leave no
-// room for a collision); its first character c alone is the hash tag, so the
-// entries fall in 64 slots, spread over the masters, and a warming batch of
-// 1,000 is about 64 script calls of 16 entries on a cluster, not 1,000 of
-// one. U is the user id as Postgres gives it. An earlier sessiond's keys
+// room for a collision); c is one of 64 short hash tags, chosen by the
+// digest's first byte, whose slots are spread evenly over the 16,384 (see
+// slotTags), so the entries fall in 64 slots shared fairly by the masters,
+// and a warming batch of 1,000 is about 64 script calls of 16 entries on a
+// cluster, not 1,000 of one. U is the user id as Postgres gives it. An earlier sessiond's keys
 // (session:<hex>, hashes) are never read: the layouts do not share a key.
 const (
 	// KeyPrefix starts every entry key.
@@ -49,14 +50,31 @@ const keyDigest = 16
 
 // digestKey is the entry key of a SHA-256 digest.
 func digestKey(sum [sha256.Size]byte) string {
-	var enc [22]byte
-	base64.RawURLEncoding.Encode(enc[:], sum[:keyDigest])
-	var buf [len(KeyPrefix) + 3 + 21]byte
+	var buf [len(KeyPrefix) + 2 + maxTag + 22]byte
 	n := copy(buf[:], KeyPrefix+"{")
-	buf[n], buf[n+1] = enc[0], '}'
-	copy(buf[n+2:], enc[1:])
-	return string(buf[:])
+	n += copy(buf[n:], slotTags[sum[0]%64])
+	buf[n] = '}'
+	n++
+	base64.RawURLEncoding.Encode(buf[n:], sum[:keyDigest])
+	return string(buf[:n+22])
 }
+
+// slotTags are 64 hash tags whose slots lie one in each 256-slot stretch
+// of the 16,384: Redis Cluster gives each master contiguous stretches, so
+// every master holds its fair share of entries (tags read from the digest
+// itself would fall where CRC16 puts them: 14 on one master, 25 on another).
+// Each is the first string of [0-9a-z] (shortest first) in its stretch;
+// TestSlotTags checks them against CRC16, and the cluster tests against
+// Redis's own CLUSTER KEYSLOT.
+var slotTags = [64]string{
+	"10", "18", "6h", "03", "29", "21", "3", "4s", "0j", "0b", "1a", "0s", "b", "j", "s", "2d",
+	"11", "19", "6i", "02", "28", "20", "2", "4r", "0k", "0c", "0z", "0r", "c", "k", "r", "z",
+	"12", "6s", "09", "01", "4h", "23", "1", "9", "0h", "0d", "0y", "0q", "d", "h", "q", "y",
+	"13", "6r", "08", "00", "4i", "22", "0", "8", "0i", "0a", "0x", "0p", "a", "i", "p", "x",
+}
+
+// maxTag is the longest of slotTags.
+const maxTag = 2
 
 // Key is the entry key of the token whose hex SHA-256 is hash (any case);
 // "" when hash is not one.

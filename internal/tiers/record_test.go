@@ -82,7 +82,7 @@ func TestKeys(t *testing.T) {
 	}
 	// The first 16 bytes of the digest in unpadded base64url, the first
 	// character the hash tag.
-	want := "s:{u}ngWv48Bz-pBQUDeXa4iIw"
+	want := "s:{" + slotTags[0xba%64] + "}ungWv48Bz-pBQUDeXa4iIw" // the digest starts with 0xba
 	for _, tt := range []struct {
 		name string
 		got  string
@@ -127,7 +127,7 @@ func TestKeySlots(t *testing.T) {
 	tags := map[string]bool{}
 	for i := range 5000 {
 		k := TokenKey(strconv.Itoa(i))
-		if hashTag(k) != hashTag(tombKey(k)) || hashTag(k) != hashTag(newTombKey(k)) || len(hashTag(k)) != 1 {
+		if hashTag(k) != hashTag(tombKey(k)) || hashTag(k) != hashTag(newTombKey(k)) || len(hashTag(k)) > maxTag {
 			t.Fatalf("%s: tags %q %q %q", k, hashTag(k), hashTag(tombKey(k)), hashTag(newTombKey(k)))
 		}
 		tags[hashTag(k)] = true
@@ -137,5 +137,32 @@ func TestKeySlots(t *testing.T) {
 	}
 	if got := hashTag(GenKey); got != "fence" || hashTag(NodesKey) != got || hashTag(CoveredKey) != got {
 		t.Errorf("the fence's keys are not in one slot")
+	}
+}
+
+// Each of the 64 tags lies in its own 256-slot stretch of Redis Cluster's
+// 16,384 (CRC16/XMODEM, as Redis computes it).
+func TestSlotTags(t *testing.T) {
+	crc16 := func(s string) uint16 {
+		var crc uint16
+		for i := 0; i < len(s); i++ {
+			crc ^= uint16(s[i]) << 8
+			for range 8 {
+				if crc&0x8000 != 0 {
+					crc = crc<<1 ^ 0x1021
+				} else {
+					crc <<= 1
+				}
+			}
+		}
+		return crc
+	}
+	if crc16("123456789") != 0x31c3 {
+		t.Fatal("crc16 is not XMODEM")
+	}
+	for i, tag := range slotTags {
+		if slot := crc16(tag) % 16384; int(slot)/256 != i {
+			t.Errorf("tag %d %q is in slot %d, stretch %d", i, tag, slot, slot/256)
+		}
 	}
 }
