@@ -191,10 +191,10 @@ func TestIdealServer(t *testing.T) {
 func TestReports(t *testing.T) {
 	var b bytes.Buffer
 	WriteWarm(&b, WarmReport{Command: "sessionbench warm --sessions 10", Results: []WarmResult{
-		{Engine: "cluster", Found: 9, Warmed: 9, Seconds: 0.5, PerSecond: 18, BytesPerSession: 387.4,
+		{Engine: "cluster", Found: 9, Warmed: 9, Seconds: 0.5, PerSecond: 18, BytesPerSession: 387.4, RedisCPUSeconds: 0.25,
 			Masters: []MasterStat{{Keys: 3}, {Keys: 2}, {Keys: 4}}},
 	}})
-	for _, want := range []string{"command: `sessionbench warm --sessions 10`", "| cluster | 9 | 9 | 0.50 | 18 | 387 | 3 / 2 / 4 |", "≤ 400 B/session"} {
+	for _, want := range []string{"command: `sessionbench warm --sessions 10`", "| cluster | 9 | 9 | 0.50 | 18 | 387 | 0.25 | 3 / 2 / 4 |", "≤ 400 B/session"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("warm report lacks %q:\n%s", want, b.String())
 		}

@@ -54,6 +54,9 @@ type WarmResult struct {
 	RedisBytes      int64        `json:"redis_bytes"`
 	BytesPerSession float64      `json:"bytes_per_session"`
 	Masters         []MasterStat `json:"masters"` // by address
+	// RedisCPUSeconds is the CPU time (user+sys) every master spent during
+	// the run, summed: beside Seconds it says whether Redis was the limit.
+	RedisCPUSeconds float64 `json:"redis_cpu_seconds"`
 }
 
 // MeasureWarm warms the sessions of the database behind pool into the
@@ -130,6 +133,7 @@ func MeasureWarm(ctx context.Context, pool *pgxpool.Pool, redisURL string, o War
 		d := a.usedMemory - before[addr].usedMemory
 		res.RedisBytes += d
 		res.Masters = append(res.Masters, MasterStat{Addr: addr, Keys: a.keys, UsedMemoryDelta: d})
+		res.RedisCPUSeconds += a.cpu - before[addr].cpu
 	}
 	if p.Warmed > 0 {
 		res.BytesPerSession = float64(res.RedisBytes) / float64(p.Warmed)
@@ -141,6 +145,7 @@ type nodeStat struct {
 	addr       string
 	usedMemory int64
 	keys       int64
+	cpu        float64 // used_cpu_sys + used_cpu_user, seconds
 }
 
 // masterStats reads used_memory and DBSIZE of every master the client
@@ -148,7 +153,7 @@ type nodeStat struct {
 func masterStats(ctx context.Context, c rueidis.Client) (map[string]nodeStat, error) {
 	out := map[string]nodeStat{}
 	for addr, n := range c.Nodes() {
-		info, err := n.Do(ctx, n.B().Info().Section("memory", "replication").Build()).ToString()
+		info, err := n.Do(ctx, n.B().Info().Section("memory", "replication", "cpu").Build()).ToString()
 		if err != nil {
 			return nil, fmt.Errorf("INFO on %s: %w", addr, err)
 		}
@@ -164,7 +169,15 @@ func masterStats(ctx context.Context, c rueidis.Client) (map[string]nodeStat, er
 		if err != nil {
 			return nil, fmt.Errorf("DBSIZE on %s: %w", addr, err)
 		}
-		out[addr] = nodeStat{addr: addr, usedMemory: mem, keys: keys}
+		var cpu float64
+		for _, f := range []string{"used_cpu_sys", "used_cpu_user"} {
+			v, err := strconv.ParseFloat(fields[f], 64)
+			if err != nil {
+				return nil, fmt.Errorf("INFO on %s: %s %q: %w", addr, f, fields[f], err)
+			}
+			cpu += v
+		}
+		out[addr] = nodeStat{addr: addr, usedMemory: mem, keys: keys, cpu: cpu}
 	}
 	if len(out) == 0 {
 		return nil, errors.New("no redis master found")

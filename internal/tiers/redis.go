@@ -242,6 +242,7 @@ func (r *Redis) Close() {
 // or -1 (failed) per entry.
 var entryScript = newScript(`
 local limit, keep, out = tonumber(ARGV[1]), tonumber(ARGV[2]), {}
+local n = #KEYS / 3
 -- the generation of an entry: the varint after its version and kind byte
 local function gen(v)
   if math.floor(string.byte(v, 1) / 16) ~= ` + strconv.Itoa(entryVersion) + ` then return -1 end
@@ -254,17 +255,30 @@ local function gen(v)
   end
   return -1
 end
-for i = 1, #KEYS / 3 do
-  local k, ok = KEYS[3 * i - 2], 1
-  for _, t in ipairs(redis.call('MGET', KEYS[3 * i - 1], KEYS[3 * i])) do
-    if t and tonumber(t) >= limit then ok = 0 end
+-- MGET of many keys in one call each few thousand (a call per key costs
+-- more than the rest of the script; unpack has a limit). A key that holds
+-- no string reads as false.
+local function mget(keys)
+  local vals = {}
+  for s = 1, #keys, 4000 do
+    local r = redis.call('MGET', unpack(keys, s, math.min(s + 3999, #keys)))
+    for j = 1, #r do vals[s + j - 1] = r[j] end
   end
-  if ok == 1 and keep then
-    local v = redis.call('GET', k)
-    if v and gen(v) == keep then ok = 2 end
-  end
+  return vals
+end
+local tk, ek = {}, {}
+for i = 1, n do
+  tk[2 * i - 1], tk[2 * i] = KEYS[3 * i - 1], KEYS[3 * i]
+  ek[i] = KEYS[3 * i - 2]
+end
+local ts, cur = mget(tk), {}
+if keep then cur = mget(ek) end
+for i = 1, n do
+  local ok, a, b = 1, ts[2 * i - 1], ts[2 * i]
+  if (a and tonumber(a) >= limit) or (b and tonumber(b) >= limit) then ok = 0 end
+  if ok == 1 and keep and cur[i] and gen(cur[i]) == keep then ok = 2 end
   if ok == 1 then
-    local r = redis.pcall('SET', k, ARGV[2 * i + 2], 'PXAT', ARGV[2 * i + 1])
+    local r = redis.pcall('SET', ek[i], ARGV[2 * i + 2], 'PXAT', ARGV[2 * i + 1])
     if type(r) == 'table' and r.err then ok = -1 end
   end
   out[i] = ok

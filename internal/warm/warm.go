@@ -325,24 +325,35 @@ func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, req Request, log 
 	}
 	defer rows.Close()
 
-	// Two batches in flight at most: one being filled from the rows, one
-	// being written. Rows are streamed, never all held.
+	// One batch being filled from the rows while others are written. Rows
+	// are streamed, never all held: at most writers+1 batches exist. A run
+	// that pauses between batches (a delay, or paced) has one writer, so
+	// its pause means what it says; an unpaused one has several, so that
+	// Redis executes one batch while the next is encoded and sent (Redis
+	// runs one script at a time: more writers than that buy nothing).
+	writers := 1
+	if cfg.BatchDelay == 0 && !req.Paced {
+		writers = fullSpeedWriters
+	}
 	batches := make(chan []tiers.Entry, 1)
-	free := make(chan []tiers.Entry, 2)
-	for range 2 {
+	free := make(chan []tiers.Entry, writers+1)
+	for range writers + 1 {
 		free <- make([]tiers.Entry, 0, cfg.BatchSize)
 	}
-	// A writer that gives up (Redis down) stops the reader through rctx.
+	// A writer that gives up (Redis down) stops the reader and the other
+	// writers through rctx.
 	rctx, stopReading := context.WithCancel(ctx)
 	defer stopReading()
-	writeErr := make(chan error, 1)
-	go func() {
-		err := w.write(ctx, r, cfg, req.Paced, st, batches, free, log)
-		if err != nil {
-			stopReading()
-		}
-		writeErr <- err
-	}()
+	writeErr := make(chan error, writers)
+	for range writers {
+		go func() {
+			err := w.write(rctx, r, cfg, req.Paced, st, batches, free, log)
+			if err != nil {
+				stopReading()
+			}
+			writeErr <- err
+		}()
+	}
 
 	readErr := func() error {
 		defer close(batches)
@@ -388,12 +399,25 @@ func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, req Request, log 
 		}
 		return nil
 	}()
-	werr := <-writeErr
+	var werr error
+	for range writers {
+		// A writer's own error is the cause; a writer that another one
+		// stopped says only context.Canceled.
+		if err := <-writeErr; err != nil && (werr == nil || errors.Is(werr, context.Canceled)) {
+			werr = err
+		}
+	}
 	if werr != nil {
-		return werr // the writer stopping made the reader stop too
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return werr // a writer stopping made the reader stop too
 	}
 	return readErr
 }
+
+// fullSpeedWriters is the number of batches an unpaused run writes at once.
+const fullSpeedWriters = 3
 
 // write writes batches as they come, pausing between them (BatchDelay, or
 // paced by Redis's round trip). A batch whose every entry failed means Redis

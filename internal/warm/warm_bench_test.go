@@ -59,6 +59,7 @@ func BenchmarkWarm(b *testing.B) {
 	b.ReportMetric(float64(res.Warmed), "sessions")
 	b.ReportMetric(res.PerSecond, "sessions/s")
 	b.ReportMetric(res.BytesPerSession, "redis-B/session")
+	b.ReportMetric(res.RedisCPUSeconds, "redis-cpu-s")
 	b.ReportMetric(peakRSSMiB(b), "peak-RSS-MiB")
 }
 
