@@ -202,7 +202,7 @@ func TestNegativeCache(t *testing.T) {
 		if r := h.mustValidate(tok); r.GetValid() || r.GetReason() != sessiondv1.Reason_REASON_NOT_FOUND {
 			t.Fatalf("unknown token: %v", r)
 		}
-		h.filled()
+		h.cached(tok)
 	}
 	c := h.srv.ReadThrough().Counters()
 	if q := c.PostgresReads.Load(); q != 1 {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -277,6 +278,22 @@ func (h *harness) validate(token string) (*sessiondv1.ValidateSessionResponse, e
 // landed: a miss is answered before its fill, which runs off the caller's
 // path.
 func (h *harness) filled() { h.srv.ReadThrough().Wait() }
+
+// cached waits until this instance's cache answers for token. A fill that
+// has landed in Redis reaches the instance's local copy when Redis's
+// invalidation does, which may be just after the fill returns (see
+// tiers.Redis.Get): until then the instance misses once more, by design.
+func (h *harness) cached(token string) {
+	h.t.Helper()
+	h.filled()
+	devtest.Eventually(h.t, 5*time.Second, func() error {
+		_, ok, err := h.srv.ReadThrough().Peek(h.t.Context(), token)
+		if err != nil || !ok {
+			return fmt.Errorf("not cached yet (%v)", err)
+		}
+		return nil
+	})
+}
 
 func (h *harness) mustValidate(token string) *sessiondv1.ValidateSessionResponse {
 	h.t.Helper()

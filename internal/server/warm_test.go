@@ -510,7 +510,7 @@ func TestGetStatsCountsTraffic(t *testing.T) {
 	h := start(t, devtest.Database(t), devtest.RedisURL(t), func(c *config.Config) { c.PoolSize = 3 })
 	s := h.addActive(2)
 	h.mustValidate(s[0].token) // miss
-	h.filled()
+	h.cached(s[0].token)
 	h.mustValidate(s[0].token)  // hit (local or redis)
 	h.mustValidate(s[1].token)  // miss
 	h.mustValidate(newToken(t)) // miss: not found

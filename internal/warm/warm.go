@@ -335,7 +335,7 @@ func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, req Request, log 
 	if cfg.BatchDelay == 0 && !req.Paced {
 		writers = fullSpeedWriters
 	}
-	batches := make(chan []tiers.Entry, 1)
+	batches := make(chan batch, 1)
 	free := make(chan []tiers.Entry, writers+1)
 	for range writers + 1 {
 		free <- make([]tiers.Entry, 0, cfg.BatchSize)
@@ -357,6 +357,19 @@ func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, req Request, log 
 
 	readErr := func() error {
 		defer close(batches)
+		// Each batch's turn opens when the one before it has been counted.
+		turn := make(chan struct{})
+		close(turn)
+		send := func(entries []tiers.Entry) bool {
+			next := make(chan struct{})
+			select {
+			case batches <- batch{entries: entries, turn: turn, next: next}:
+				turn = next
+				return true
+			case <-rctx.Done():
+				return false
+			}
+		}
 		batch := <-free
 		var rs tiers.RowScan
 		var stored string
@@ -375,9 +388,7 @@ func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, req Request, log 
 			}
 			batch = append(batch, tiers.Entry{Key: tiers.RowKey(stored, cfg.Storage), Record: rs.Record()})
 			if len(batch) == cfg.BatchSize {
-				select {
-				case batches <- batch:
-				case <-rctx.Done():
+				if !send(batch) {
 					return rctx.Err()
 				}
 				select {
@@ -390,12 +401,8 @@ func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, req Request, log 
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("%w: read session rows: %w", ErrPostgres, err)
 		}
-		if len(batch) > 0 {
-			select {
-			case batches <- batch:
-			case <-rctx.Done():
-				return rctx.Err()
-			}
+		if len(batch) > 0 && !send(batch) {
+			return rctx.Err()
 		}
 		return nil
 	}()
@@ -419,68 +426,90 @@ func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, req Request, log 
 // fullSpeedWriters is the number of batches an unpaused run writes at once.
 const fullSpeedWriters = 3
 
+// batch is a batch of entries to write, and its place in the run: writers
+// write batches at once, but count and report them in the order of the
+// rows, so that progress reads as it would with one writer.
+type batch struct {
+	entries []tiers.Entry
+	turn    <-chan struct{} // closed when the batch before it is counted
+	next    chan struct{}   // closed when this one is
+}
+
 // write writes batches as they come, pausing between them (BatchDelay, or
 // paced by Redis's round trip). A batch whose every entry failed means Redis
 // is down: the run fails.
-func (w *Warmer) write(ctx context.Context, r *Run, cfg Config, paced bool, st tiers.Stamp, batches <-chan []tiers.Entry, free chan<- []tiers.Entry, log *slog.Logger) error {
+func (w *Warmer) write(ctx context.Context, r *Run, cfg Config, paced bool, st tiers.Stamp, batches <-chan batch, free chan<- []tiers.Entry, log *slog.Logger) error {
 	first := true
 	pace := pacer{delay: cfg.BatchDelay}
 	if paced {
 		pace.delay = 0
 	}
-	for batch := range batches {
-		if !first && paced {
-			pctx, cancel := context.WithTimeout(ctx, cfg.WriteTimeout)
-			rtt, err := w.cache.Ping(pctx)
-			cancel()
-			pace.observe(rtt, err)
-		}
-		if !first && pace.delay > 0 {
-			t := time.NewTimer(pace.delay)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			}
+	for b := range batches {
+		if err := w.writeOne(ctx, r, cfg, paced, &pace, first, st, b, log); err != nil {
+			return err
 		}
 		first = false
-		wctx, cancel := context.WithTimeout(ctx, cfg.WriteTimeout)
-		res, errs := w.cache.SetMany(wctx, batch, st)
+		free <- b.entries[:0]
+	}
+	return nil
+}
+
+// writeOne writes one batch, then counts it once the batch before it is
+// counted (which always happens: every batch, even one that fails or is
+// abandoned, opens the next one's turn).
+func (w *Warmer) writeOne(ctx context.Context, r *Run, cfg Config, paced bool, pace *pacer, first bool, st tiers.Stamp, b batch, log *slog.Logger) error {
+	defer close(b.next)
+	batch := b.entries
+	if !first && paced {
+		pctx, cancel := context.WithTimeout(ctx, cfg.WriteTimeout)
+		rtt, err := w.cache.Ping(pctx)
 		cancel()
-		var warmed, failed, skipped, kept int
-		var firstErr error
-		for i, r := range res {
-			switch r {
-			case tiers.Written:
-				warmed++
-			case tiers.Skipped:
-				skipped++
-			case tiers.Kept:
-				kept++
-			default:
-				failed++
-				if firstErr == nil {
-					firstErr = errs[i]
-				}
-			}
-		}
-		// Counted before a timeout is acted on: what was written is reported.
-		p := r.batchDone(warmed, failed, skipped, kept)
-		w.totals.add(warmed, failed, skipped)
-		if ctx.Err() != nil {
+		pace.observe(rtt, err)
+	}
+	if !first && pace.delay > 0 {
+		t := time.NewTimer(pace.delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
 			return ctx.Err()
 		}
-		done := p.Warmed + p.Failed + p.Skipped + p.Kept
-		log.Info(fmt.Sprintf("[CacheWarming] Progress: %d/%d (%d%%) - Failed: %d", done, p.Total, percent(done, p.Total), p.Failed),
-			"done", done, "total", p.Total, "failed", p.Failed, "skipped", p.Skipped, "kept", p.Kept, "batch", p.Batches, "pause", pace.delay.String())
-		if failed == len(batch) {
-			return fmt.Errorf("%w: %w", ErrRedis, firstErr)
+	}
+	wctx, cancel := context.WithTimeout(ctx, cfg.WriteTimeout)
+	res, errs := w.cache.SetMany(wctx, batch, st)
+	cancel()
+	<-b.turn
+	var warmed, failed, skipped, kept int
+	var firstErr error
+	for i, r := range res {
+		switch r {
+		case tiers.Written:
+			warmed++
+		case tiers.Skipped:
+			skipped++
+		case tiers.Kept:
+			kept++
+		default:
+			failed++
+			if firstErr == nil {
+				firstErr = errs[i]
+			}
 		}
-		if failed > 0 {
-			log.Warn("[CacheWarming] some sessions could not be written", "failed", failed, "error", firstErr)
-		}
-		free <- batch[:0]
+	}
+	// Counted before a timeout is acted on: what was written is reported.
+	p := r.batchDone(warmed, failed, skipped, kept)
+	w.totals.add(warmed, failed, skipped)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	done := p.Warmed + p.Failed + p.Skipped + p.Kept
+	log.Info(fmt.Sprintf("[CacheWarming] Progress: %d/%d (%d%%) - Failed: %d", done, p.Total, percent(done, p.Total), p.Failed),
+		"done", done, "total", p.Total, "failed", p.Failed, "skipped", p.Skipped, "kept", p.Kept, "batch", p.Batches, "pause", pace.delay.String())
+	if failed == len(batch) {
+		return fmt.Errorf("%w: %w", ErrRedis, firstErr)
+	}
+	if failed > 0 {
+		log.Warn("[CacheWarming] some sessions could not be written", "failed", failed, "error", firstErr)
 	}
 	return nil
 }
