@@ -88,7 +88,14 @@ func (s *Server) warmOnStart(ctx context.Context) {
 	}
 	s.setServing(true)
 	s.log.Info("ready: health SERVING", "warm_outcome", p.Outcome.String(), "warmed", p.Warmed, "kept", p.Kept, "total", p.Total)
-	if s.cfg.WarmBackground && p.Outcome == warm.Completed {
+	switch {
+	case !s.cfg.WarmBackground || p.Outcome != warm.Completed:
+	case p.Total < s.cfg.WarmCount:
+		// The count found fewer warmable sessions than the startup warm
+		// was allowed: it took the whole window, and a background pass
+		// would only read every entry again.
+		s.log.Info("startup warm took the whole window: no background phase", "total", p.Total)
+	default:
 		s.warmBackground(ctx)
 	}
 }

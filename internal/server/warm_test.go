@@ -613,4 +613,22 @@ func TestBackgroundWarmAndKeptEntries(t *testing.T) {
 	if !ok || last.GetPhase() != "startup" || last.GetWarmed() != 0 || last.GetKept() != 50 {
 		t.Errorf("second instance's startup warm: %v, want 50 kept and none written", last)
 	}
+
+	// A startup warm allowed more sessions than the window holds took them
+	// all: no background pass reads every entry again. (The phase would
+	// start right after SERVING, in the goroutine that shutdown waits for,
+	// so after shutdown the last run says whether it did.)
+	third := prepare(t, dbURL, redisURL, func(c *config.Config) {
+		c.WarmOnStart, c.WarmBackground, c.WarmCount = true, true, 1000
+	})
+	third.run()
+	third.waitServing()
+	third.shutdown()
+	st, err := third.srv.Service().GetStats(context.Background(), &sessiondv1.GetStatsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := st.GetLastWarming(); last.GetPhase() != "startup" || last.GetTotal() != int32(len(sessions)) || last.GetKept() != int32(len(sessions)) {
+		t.Errorf("third instance's last run: %v, want the startup warm, all %d kept, and no background phase", last, len(sessions))
+	}
 }

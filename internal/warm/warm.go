@@ -261,9 +261,9 @@ func (w *Warmer) run(ctx context.Context, r *Run, cfg Config, req Request) {
 			"duration_ms", p.Elapsed.Milliseconds(), "warmed", p.Warmed, "total", p.Total, "failed", p.Failed,
 			"skipped", p.Skipped, "kept", p.Kept, "estimated_hit_rate", p.EstimatedHitRate(), "outcome", p.Outcome.String())
 	default:
-		log.Warn(fmt.Sprintf("[CacheWarming] Stopped (%s) after %dms - Warmed: %d/%d - Failed: %d", p.Outcome, p.Elapsed.Milliseconds(), p.Warmed, p.Total, p.Failed),
+		log.Warn(fmt.Sprintf("[CacheWarming] Stopped (%s) after %dms - Warmed: %d/%d - Kept: %d - Failed: %d", p.Outcome, p.Elapsed.Milliseconds(), p.Warmed, p.Total, p.Kept, p.Failed),
 			"duration_ms", p.Elapsed.Milliseconds(), "warmed", p.Warmed, "total", p.Total, "failed", p.Failed,
-			"estimated_hit_rate", p.EstimatedHitRate(), "outcome", p.Outcome.String(), "error", errString(p.Err))
+			"skipped", p.Skipped, "kept", p.Kept, "estimated_hit_rate", p.EstimatedHitRate(), "outcome", p.Outcome.String(), "error", errString(p.Err))
 	}
 }
 
