@@ -144,14 +144,24 @@ func (h *harness) cachedKeys() int {
 	return len(keys)
 }
 
-// validate validates token and waits for the cache fill a miss makes (it
-// lands after the answer), so that the next call of the same token hits.
+// validate validates token and waits until this instance's cache answers
+// for it, so that the next call of the same token hits. A miss's fill lands
+// after the answer, and reaches the instance's local copy when Redis's
+// invalidation does (see tiers.Redis.Get): until then the instance would
+// miss once more, by design, and the counts below would be off by one.
 func (h *harness) validate(token string) {
 	h.t.Helper()
 	if _, err := h.client.ValidateSession(h.t.Context(), &sessiondv1.ValidateSessionRequest{Token: token}); err != nil {
 		h.t.Fatal(err)
 	}
 	h.srv.ReadThrough().Wait()
+	waitFor(h.t, 5*time.Second, func() error {
+		_, ok, err := h.srv.ReadThrough().Peek(h.t.Context(), token)
+		if err != nil || !ok {
+			return fmt.Errorf("not cached yet (%v)", err)
+		}
+		return nil
+	})
 }
 
 // syncBuffer is a bytes.Buffer that a running command may write while the
