@@ -77,7 +77,7 @@ build: ## build bin/sessiond
 	$(GO) build -o $(BIN)/sessiond ./cmd/sessiond
 
 .PHONY: bench
-bench: deps ## sessionbench compare: sessiond (and with tracing on) vs no local cache vs direct Postgres vs an ideal cache vs a no-op gRPC server (throwaway servers, ~2.5 min)
+bench: deps ## sessionbench compare: sessiond (and with tracing on) vs no local cache vs direct Postgres vs an ideal cache vs a no-op gRPC server, 3 interleaved runs, medians (throwaway servers, ~7 min)
 	$(GO) run ./cmd/sessionbench compare $(ARGS)
 
 .PHONY: bench-warm

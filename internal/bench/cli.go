@@ -205,9 +205,11 @@ with real gRPC clients:
                             service.Response: the floor of any caching design
   no-op gRPC                a constant answer (a valid session of the usual size): the floor of any gRPC service here
 each in a closed loop with --concurrency callers, then with 1 caller (and, with
---rate, an open loop at that rate). Without --database-url/--redis-url it starts
-throwaway servers and removes them when done, also on Ctrl-C. The default run takes
-about 2.5 minutes. See also "warm", "flood" and "coldstart".`, stderr)
+--rate, an open loop at that rate), --runs times, interleaved (run 1 of every
+scenario, then run 2, ...); the table shows the median of the runs and, below it,
+each run. Without --database-url/--redis-url it starts throwaway servers and removes
+them when done, also on Ctrl-C. The default run (3 runs) takes about 7 minutes. See
+also "warm", "flood" and "coldstart".`, stderr)
 	dbURL := fs.String("database-url", "", "Postgres URL of an empty database (empty: start a throwaway PostgreSQL)")
 	redisURL := fs.String("redis-url", "", "Redis URL (empty: start a throwaway redis-server)")
 	sessions := fs.Int("sessions", 100_000, "sessions to seed (demo shape: 10% expired, some users banned or deleted, activity over 30 days)")
@@ -224,8 +226,12 @@ about 2.5 minutes. See also "warm", "flood" and "coldstart".`, stderr)
 	asJSON := fs.Bool("json", false, "print JSON instead of markdown")
 	plotPath := fs.String("plot", "", "write hit rate and p99 per second of each scenario's first mode to this PNG")
 	scenariosS := fs.String("scenarios", "", "comma-separated scenarios to run (empty: all): "+strings.Join(Scenarios, ", "))
+	runs := fs.Int("runs", 3, "rounds of every scenario and mode, interleaved; the table shows their medians")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *runs < 1 {
+		return fmt.Errorf("--runs %d: want at least 1", *runs)
 	}
 	scenarios, err := parseScenarios(*scenariosS)
 	if err != nil {
@@ -242,7 +248,7 @@ about 2.5 minutes. See also "warm", "flood" and "coldstart".`, stderr)
 	rep, err := Compare(ctx, CompareOptions{
 		DatabaseURL: *dbURL, RedisURL: *redisURL, Users: *users, Sessions: *sessions, Seed: *s,
 		Duration: *dur, Concurrency: *conc, Rate: *rate, Conns: *conns, PoolSize: *pool, Mix: mix, Timeout: *timeout,
-		Log: log, Progress: stderr, Scenarios: scenarios,
+		Log: log, Progress: stderr, Scenarios: scenarios, Runs: *runs,
 	})
 	if err != nil && len(rep.Results) == 0 {
 		return err
@@ -255,7 +261,7 @@ about 2.5 minutes. See also "warm", "flood" and "coldstart".`, stderr)
 		var lines []PlotLine
 		first := rep.Results[0].Mode
 		for _, r := range rep.Results {
-			if r.Mode == first {
+			if r.Mode == first && r.Run == 1 {
 				lines = append(lines, PlotLine{Name: r.Scenario, Series: r.Series})
 			}
 		}
@@ -268,7 +274,7 @@ about 2.5 minutes. See also "warm", "flood" and "coldstart".`, stderr)
 	}
 	for _, r := range rep.Results {
 		if r.Wrong > 0 {
-			return fmt.Errorf("%s, %s: %d wrong answers", r.Scenario, r.Mode, r.Wrong)
+			return fmt.Errorf("%s, %s, run %d: %d wrong answers", r.Scenario, r.Mode, r.Run, r.Wrong)
 		}
 	}
 	return nil

@@ -42,7 +42,13 @@ type CompareOptions struct {
 	Log         *slog.Logger  // sessiond's log
 	Progress    io.Writer     // one line per step
 	Scenarios   []string      // nil: all of Scenarios
-	DevStack    devstack.PostgresOptions
+	// Runs is how many rounds of every scenario and mode to measure (<= 0:
+	// one). Rounds are interleaved (round 1 of every scenario, then round
+	// 2, ...), so that a slow spell of a noisy machine lands on every
+	// scenario rather than on whichever ran during it; the report's
+	// Medians are what comparisons use.
+	Runs     int
+	DevStack devstack.PostgresOptions
 }
 
 // CompareReport is what Compare measured.
@@ -50,7 +56,11 @@ type CompareReport struct {
 	Command string       `json:"command,omitempty"` // the sessionbench command line, when run by one
 	Seed    seed.Summary `json:"seed"`
 	Mix     string       `json:"mix"`
-	Results []Result     `json:"results"`
+	Runs    int          `json:"runs"`
+	Results []Result     `json:"results"` // every run of every scenario and mode, in the order measured
+	// Medians has one Result per scenario and mode, in the order first
+	// measured: each figure the median of its runs (see MedianOf).
+	Medians []Result `json:"medians"`
 }
 
 // Compare seeds a database and drives the same traffic against each
@@ -98,9 +108,6 @@ func Compare(ctx context.Context, o CompareOptions) (rep CompareReport, err erro
 	}
 	for i := range modes {
 		modes[i].Timeout = o.Timeout
-		// The same traffic for every scenario; fresh tokens for each mode,
-		// so one mode's unknown tokens are not negatively cached by the last.
-		modes[i].Seed = uint64(o.Seed)<<32 + uint64(i+1)*1_000_000
 	}
 	type scenario struct {
 		name  string
@@ -123,32 +130,132 @@ func Compare(ctx context.Context, o CompareOptions) (rep CompareReport, err erro
 		{ScenarioIdeal, true, func() (*target, error) { return startIdeal(ctx, o.DatabaseURL) }},
 		{ScenarioNoop, false, startNoop},
 	}
-	for _, sc := range all {
-		if o.Scenarios != nil && !slices.Contains(o.Scenarios, sc.name) {
-			continue
-		}
-		progress("%s: starting", sc.name)
-		start := time.Now()
-		t, err := sc.start()
-		if err != nil {
-			return rep, fmt.Errorf("%s: %w", sc.name, err)
-		}
-		progress("%s: ready in %v on %s", sc.name, time.Since(start).Round(time.Millisecond), t.addr)
-		for _, m := range modes {
-			m.Check = sc.check
-			res, err := measure(ctx, t, rank, o.Mix, m, o.Conns)
-			res.Scenario = sc.name
-			if err != nil {
-				t.stop()
-				return rep, fmt.Errorf("%s, %s: %w", sc.name, m.Mode(), err)
+	rep.Runs = max(o.Runs, 1)
+	defer func() { rep.Medians = Medians(rep.Results) }()
+	for run := 1; run <= rep.Runs; run++ {
+		for _, sc := range all {
+			if o.Scenarios != nil && !slices.Contains(o.Scenarios, sc.name) {
+				continue
 			}
-			rep.Results = append(rep.Results, res)
-			progress("%s, %s: %.0f calls/s, p50 %.3f ms, p99 %.3f ms, hit rate %.1f%%, %d wrong",
-				sc.name, res.Mode, res.Throughput, res.Latency.P50, res.Latency.P99, res.HitRate, res.Wrong)
+			name := sc.name
+			if rep.Runs > 1 {
+				name = fmt.Sprintf("%s (run %d/%d)", sc.name, run, rep.Runs)
+			}
+			progress("%s: starting", name)
+			start := time.Now()
+			t, err := sc.start()
+			if err != nil {
+				return rep, fmt.Errorf("%s: %w", name, err)
+			}
+			progress("%s: ready in %v on %s", name, time.Since(start).Round(time.Millisecond), t.addr)
+			for i, m := range modes {
+				m.Check = sc.check
+				// The same traffic for every scenario of a run; fresh tokens
+				// for each mode and run, so that one's unknown tokens are not
+				// negatively cached by the last.
+				m.Seed = uint64(o.Seed)<<32 + uint64(run-1)*100_000_000 + uint64(i+1)*1_000_000
+				res, err := measure(ctx, t, rank, o.Mix, m, o.Conns)
+				res.Scenario, res.Run = sc.name, run
+				if err != nil {
+					t.stop()
+					return rep, fmt.Errorf("%s, %s: %w", name, m.Mode(), err)
+				}
+				rep.Results = append(rep.Results, res)
+				progress("%s, %s: %.0f calls/s, p50 %.3f ms, p99 %.3f ms, hit rate %.1f%%, %d wrong",
+					name, res.Mode, res.Throughput, res.Latency.P50, res.Latency.P99, res.HitRate, res.Wrong)
+			}
+			t.stop()
 		}
-		t.stop()
 	}
 	return rep, nil
+}
+
+// Medians folds the runs of each scenario and mode into one Result, in the
+// order each pair first appears: throughput, every latency quantile, hit
+// rate and Postgres answers per 1,000 calls are medians of the runs (each
+// figure on its own, so the median p99 may come from another run than the
+// median p50); calls, seconds, counts by source, code and kind, and wrong
+// answers are sums over the runs (a wrong answer in any run shows).
+func Medians(results []Result) []Result {
+	type key struct{ scenario, mode string }
+	var order []key
+	groups := map[key][]Result{}
+	for _, r := range results {
+		k := key{r.Scenario, r.Mode}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], r)
+	}
+	out := make([]Result, 0, len(order))
+	for _, k := range order {
+		out = append(out, medianOf(groups[k]))
+	}
+	return out
+}
+
+func medianOf(rs []Result) Result {
+	m := Result{
+		Scenario: rs[0].Scenario, Mode: rs[0].Mode, Checked: true,
+		Sources: map[string]int{}, Codes: map[string]int{}, Kinds: map[string]int{},
+	}
+	pick := func(f func(Result) float64) float64 {
+		vs := make([]float64, len(rs))
+		for i, r := range rs {
+			vs[i] = f(r)
+		}
+		return median(vs)
+	}
+	m.Throughput = pick(func(r Result) float64 { return r.Throughput })
+	m.HitRate = pick(func(r Result) float64 { return r.HitRate })
+	m.Latency = Latency{
+		P50:  pick(func(r Result) float64 { return r.Latency.P50 }),
+		P90:  pick(func(r Result) float64 { return r.Latency.P90 }),
+		P99:  pick(func(r Result) float64 { return r.Latency.P99 }),
+		P999: pick(func(r Result) float64 { return r.Latency.P999 }),
+		Max:  pick(func(r Result) float64 { return r.Latency.Max }),
+	}
+	var pg []float64
+	for _, r := range rs {
+		m.Calls += r.Calls
+		m.Seconds += r.Seconds
+		m.Wrong += r.Wrong
+		m.Checked = m.Checked && r.Checked
+		if len(m.WrongExamples) < 5 {
+			m.WrongExamples = append(m.WrongExamples, r.WrongExamples...)
+		}
+		for k, v := range r.Sources {
+			m.Sources[k] += v
+		}
+		for k, v := range r.Codes {
+			m.Codes[k] += v
+		}
+		for k, v := range r.Kinds {
+			m.Kinds[k] += v
+		}
+		if r.PostgresPer1000 != nil {
+			pg = append(pg, *r.PostgresPer1000)
+		}
+	}
+	if len(pg) == len(rs) {
+		v := median(pg)
+		m.PostgresPer1000 = &v
+	}
+	return m
+}
+
+// median of vs (the mean of the middle two when there is an even number);
+// it sorts vs.
+func median(vs []float64) float64 {
+	if len(vs) == 0 {
+		return 0
+	}
+	slices.Sort(vs)
+	n := len(vs)
+	if n%2 == 1 {
+		return vs[n/2]
+	}
+	return (vs[n/2-1] + vs[n/2]) / 2
 }
 
 // measure runs m against t over min(conns, callers) fresh connections and

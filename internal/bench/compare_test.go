@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"strings"
 	"testing"
 
@@ -15,7 +16,8 @@ func TestMain(m *testing.M) {
 }
 
 // TestCompareEndToEnd runs `sessionbench compare` with tiny settings against
-// real Postgres and Redis: six scenarios, two modes each, no wrong answer.
+// real Postgres and Redis: six scenarios, two modes each, two runs each, no
+// wrong answer.
 func TestCompareEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts servers and runs 8 one-second loads")
@@ -23,7 +25,7 @@ func TestCompareEndToEnd(t *testing.T) {
 	db, redis := devtest.Database(t), devtest.RedisURL(t)
 	var out, errs bytes.Buffer
 	err := Main(t.Context(), []string{"compare", "--database-url", db, "--redis-url", redis,
-		"--sessions", "2000", "--duration", "1s", "--concurrency", "4", "--json"}, &out, &errs)
+		"--sessions", "2000", "--duration", "1s", "--concurrency", "4", "--runs", "2", "--json"}, &out, &errs)
 	if err != nil {
 		t.Fatalf("compare: %v\n%s", err, errs.String())
 	}
@@ -48,8 +50,23 @@ func TestCompareEndToEnd(t *testing.T) {
 		}
 	}
 	for _, s := range []string{ScenarioSessiond, ScenarioSessiondTraced, ScenarioSessiondNoLoc, ScenarioDirectPostgres, ScenarioIdeal, ScenarioNoop} {
-		if scenarios[s] != 2 {
-			t.Errorf("scenario %q: %d results, want 2 (closed C=4 and C=1)", s, scenarios[s])
+		if scenarios[s] != 4 {
+			t.Errorf("scenario %q: %d results, want 4 (closed C=4 and C=1, two runs each)", s, scenarios[s])
+		}
+	}
+	runs := map[int]int{}
+	for _, r := range rep.Results {
+		runs[r.Run]++
+	}
+	if rep.Runs != 2 || runs[1] != 12 || runs[2] != 12 {
+		t.Errorf("runs %d, results per run %v, want 2 runs of 12", rep.Runs, runs)
+	}
+	if len(rep.Medians) != 12 {
+		t.Errorf("%d medians, want one per scenario and mode (12)", len(rep.Medians))
+	}
+	for _, m := range rep.Medians {
+		if m.Calls == 0 || m.Throughput <= 0 || m.Run != 0 {
+			t.Errorf("median %s, %s: %+v", m.Scenario, m.Mode, m)
 		}
 	}
 	if len(scenarios) != 6 {
@@ -87,6 +104,64 @@ func TestCompareEndToEnd(t *testing.T) {
 	}
 	if n := strings.Count(md.String(), "tracing cost, "); n != 2 {
 		t.Errorf("%d tracing cost lines, want one per mode:\n%s", n, md.String())
+	}
+	if !strings.Contains(md.String(), "runs: 2, interleaved") || !strings.Contains(md.String(), "| scenario | mode | run 1 | run 2 |") {
+		t.Errorf("markdown does not show the runs:\n%s", md.String())
+	}
+}
+
+// Medians: each figure is the median of its runs on its own, counts are
+// summed, a wrong answer in any run shows, and pairs keep their order.
+func TestMedians(t *testing.T) {
+	pg := func(v float64) *float64 { return &v }
+	r := func(sc, mode string, run int, tput, p50, p99 float64, wrong int, pg1k *float64) Result {
+		return Result{Scenario: sc, Mode: mode, Run: run, Calls: 10, Seconds: 1, Throughput: tput,
+			Latency: Latency{P50: p50, P99: p99}, Checked: true, Wrong: wrong, PostgresPer1000: pg1k,
+			Codes: map[string]int{"OK": 10}}
+	}
+	tests := []struct {
+		name string
+		in   []Result
+		want []Result
+	}{
+		{"odd runs", []Result{
+			r("a", "C=1", 1, 100, 0.5, 9, 0, pg(3)),
+			r("a", "C=1", 2, 300, 0.1, 1, 0, pg(1)),
+			r("a", "C=1", 3, 200, 0.3, 5, 2, pg(2)),
+		}, []Result{{Scenario: "a", Mode: "C=1", Calls: 30, Seconds: 3, Throughput: 200,
+			Latency: Latency{P50: 0.3, P99: 5}, Checked: true, Wrong: 2, PostgresPer1000: pg(2)}}},
+		{"even runs: mean of the middle two; a run without a postgres count leaves it unknown", []Result{
+			r("a", "C=1", 1, 100, 0.2, 4, 0, pg(1)),
+			r("a", "C=1", 2, 200, 0.4, 8, 0, nil),
+		}, []Result{{Scenario: "a", Mode: "C=1", Calls: 20, Seconds: 2, Throughput: 150,
+			Latency: Latency{P50: 0.3 /* (0.2+0.4)/2 */, P99: 6}, Checked: true}}},
+		{"pairs in first-seen order", []Result{
+			r("b", "C=32", 1, 10, 1, 1, 0, nil),
+			r("a", "C=32", 1, 20, 1, 1, 0, nil),
+			r("b", "C=32", 2, 30, 1, 1, 0, nil),
+		}, []Result{
+			{Scenario: "b", Mode: "C=32", Calls: 20, Seconds: 2, Throughput: 20, Latency: Latency{P50: 1, P99: 1}, Checked: true},
+			{Scenario: "a", Mode: "C=32", Calls: 10, Seconds: 1, Throughput: 20, Latency: Latency{P50: 1, P99: 1}, Checked: true},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Medians(tt.in)
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %d results, want %d: %+v", len(got), len(tt.want), got)
+			}
+			for i, w := range tt.want {
+				g := got[i]
+				if g.Scenario != w.Scenario || g.Mode != w.Mode || g.Calls != w.Calls || g.Seconds != w.Seconds ||
+					g.Throughput != w.Throughput || math.Abs(g.Latency.P50-w.Latency.P50) > 1e-9 || g.Latency.P99 != w.Latency.P99 ||
+					g.Wrong != w.Wrong || g.Checked != w.Checked || g.Codes["OK"] != g.Calls {
+					t.Errorf("result %d: got %+v, want %+v", i, g, w)
+				}
+				if (g.PostgresPer1000 == nil) != (w.PostgresPer1000 == nil) || g.PostgresPer1000 != nil && *g.PostgresPer1000 != *w.PostgresPer1000 {
+					t.Errorf("result %d: postgres/1k %v, want %v", i, g.PostgresPer1000, w.PostgresPer1000)
+				}
+			}
+		})
 	}
 }
 

@@ -67,24 +67,35 @@ func ratio(a, b float64) string {
 }
 
 // WriteCompare writes the comparison as a markdown table: each scenario and
-// mode, with its throughput and p50 as multiples of the no-op server's, the
-// ideal cache's and the direct-Postgres baseline's in the same mode.
+// mode (the medians of its runs), with its throughput and p50 as multiples
+// of the no-op server's, the ideal cache's and the direct-Postgres
+// baseline's in the same mode; then, with several runs, each run's
+// throughput and p50, so that the spread behind each median shows.
 func WriteCompare(w io.Writer, rep CompareReport) {
 	if rep.Command != "" {
 		fmt.Fprintf(w, "command: `%s`\n\n", rep.Command)
 	}
-	fmt.Fprintf(w, "seeded: %s\nmix: %s\n\n", summaryLine(rep.Seed), rep.Mix)
+	meds := rep.Medians
+	if meds == nil {
+		meds = Medians(rep.Results)
+	}
+	runs := max(rep.Runs, 1)
+	fmt.Fprintf(w, "seeded: %s\nmix: %s\n", summaryLine(rep.Seed), rep.Mix)
+	if runs > 1 {
+		fmt.Fprintf(w, "runs: %d, interleaved; every figure below is the median of the runs (wrong answers: their sum)\n", runs)
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| scenario | mode | calls/s | p50 ms | p99 ms | p99.9 ms | hit rate | pg/1k calls | wrong | calls/s vs no-op | p50 vs no-op | calls/s vs ideal | p50 vs ideal | calls/s vs direct pg | p50 vs direct pg |")
 	fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	find := func(scenario, mode string) *Result {
-		for i := range rep.Results {
-			if rep.Results[i].Scenario == scenario && rep.Results[i].Mode == mode {
-				return &rep.Results[i]
+		for i := range meds {
+			if meds[i].Scenario == scenario && meds[i].Mode == mode {
+				return &meds[i]
 			}
 		}
 		return nil
 	}
-	for _, r := range rep.Results {
+	for _, r := range meds {
 		vs := func(name string) (string, string) {
 			b := find(name, r.Mode)
 			if b == nil {
@@ -100,13 +111,38 @@ func WriteCompare(w io.Writer, rep CompareReport) {
 			fmtPG(r.PostgresPer1000), fmtWrong(r), tn, pn, ti, pi, td, pd)
 	}
 	// What tracing costs: the traced sessiond against the plain one, mode by mode.
-	for _, r := range rep.Results {
+	traced := false
+	for _, r := range meds {
 		b := find(ScenarioSessiond, r.Mode)
 		if r.Scenario != ScenarioSessiondTraced || b == nil || b.Throughput == 0 {
 			continue
 		}
-		fmt.Fprintf(w, "\ntracing cost, %s: %+.1f %% calls/s, p50 %+.0f µs, p99 %+.0f µs", r.Mode,
+		if !traced {
+			fmt.Fprintln(w)
+			traced = true
+		}
+		fmt.Fprintf(w, "tracing cost, %s: %+.1f %% calls/s, p50 %+.0f µs, p99 %+.0f µs\n", r.Mode,
 			100*(r.Throughput/b.Throughput-1), 1000*(r.Latency.P50-b.Latency.P50), 1000*(r.Latency.P99-b.Latency.P99))
 	}
-	fmt.Fprintln(w)
+	if runs < 2 {
+		return
+	}
+	fmt.Fprintf(w, "\neach run (calls/s; p50 ms):\n\n| scenario | mode |")
+	for i := 1; i <= runs; i++ {
+		fmt.Fprintf(w, " run %d |", i)
+	}
+	fmt.Fprintf(w, "\n| --- | --- |%s\n", strings.Repeat(" ---: |", runs))
+	for _, m := range meds {
+		fmt.Fprintf(w, "| %s | %s |", m.Scenario, m.Mode)
+		for i := 1; i <= runs; i++ {
+			cell := "–"
+			for _, r := range rep.Results {
+				if r.Scenario == m.Scenario && r.Mode == m.Mode && r.Run == i {
+					cell = fmt.Sprintf("%.0f; %.3f", r.Throughput, r.Latency.P50)
+				}
+			}
+			fmt.Fprintf(w, " %s |", cell)
+		}
+		fmt.Fprintln(w)
+	}
 }

@@ -64,7 +64,8 @@ type Second struct {
 // Result is what one run measured.
 type Result struct {
 	Scenario   string         `json:"scenario,omitempty"`
-	Mode       string         `json:"mode"` // "closed C=32", "open R=5000/s"
+	Run        int            `json:"run,omitempty"` // 1-based, when compare measured several runs
+	Mode       string         `json:"mode"`          // "closed C=32", "open R=5000/s"
 	Seconds    float64        `json:"seconds"`
 	Calls      int            `json:"calls"`
 	Throughput float64        `json:"throughput"` // answers (any status) per second
