@@ -22,14 +22,17 @@ import (
 // given write: the real Redis answers too fast to see batches overlap.
 type scriptedCache struct {
 	batchSize int
-	// hold: the first write waits until the batch shorter than batchSize
-	// (the last one) has been written, so that writes overlap and finish
-	// out of the rows' order.
+	// hold: the first write of a full batch waits until the batch shorter
+	// than batchSize (the last one) has been written, so that writes
+	// overlap and finish out of the rows' order. (Not simply the first
+	// write: writers race for batches, and the last batch's write may be
+	// the first to reach Redis.)
 	hold     bool
 	failFrom int // from this write on (1-based), every entry fails; 0: never
 
 	mu          sync.Mutex
 	calls       int
+	held        bool // a full batch's write has been held
 	partialDone chan struct{}
 	overlapped  bool
 }
@@ -43,11 +46,13 @@ func (c *scriptedCache) SetMany(ctx context.Context, entries []tiers.Entry, _ ti
 	c.mu.Lock()
 	c.calls++
 	n := c.calls
+	hold := c.hold && !c.held && len(entries) == c.batchSize
+	c.held = c.held || hold
 	c.mu.Unlock()
 	if len(entries) < c.batchSize {
 		defer close(c.partialDone)
 	}
-	if c.hold && n == 1 {
+	if hold {
 		select {
 		case <-c.partialDone:
 			c.mu.Lock()
