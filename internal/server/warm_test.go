@@ -493,6 +493,23 @@ func TestWarmWithRedisDyingMidRun(t *testing.T) {
 	}
 }
 
+// An application migration that changes a column the warming query
+// returns does not fail the next run: the query is not kept prepared
+// across runs (a kept one would be refused once per pooled connection).
+func TestWarmAfterAColumnChangesType(t *testing.T) {
+	h := start(t, devtest.Database(t), devtest.RedisURL(t), func(c *config.Config) { c.PoolSize = 1 })
+	h.addActive(3)
+	for i, migrate := range []string{"", `ALTER TABLE platform.user_sessions ALTER COLUMN user_agent TYPE varchar(512)`} {
+		if migrate != "" {
+			h.exec(migrate)
+		}
+		msgs := h.mustWarm(&sessiondv1.WarmCacheRequest{BatchDelay: durationpb.New(0)})
+		if last := msgs[len(msgs)-1]; last.GetOutcome() != sessiondv1.WarmOutcome_WARM_OUTCOME_COMPLETED || last.GetTotal() != 3 {
+			t.Errorf("run %d: %v, want completed with 3 found", i+1, last)
+		}
+	}
+}
+
 func TestWarmCacheBadRequests(t *testing.T) {
 	h := start(t, devtest.Database(t), devtest.RedisURL(t))
 	for _, req := range []*sessiondv1.WarmCacheRequest{

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -106,6 +107,15 @@ func (p *Postgres) Lookup(ctx context.Context, token string) (*Record, error) {
 	}
 	var rs RowScan
 	err := p.pool.QueryRow(ctx, lookupSQL, arg).Scan(rs.Dest()...)
+	if staleStatement(err) {
+		// A migration changed a column this statement returns (ALTER
+		// COLUMN ... TYPE, say): the connection's prepared statement no
+		// longer fits, and pgx has just dropped it from its cache. Asked
+		// again, it is prepared afresh. Without this, every pooled
+		// connection would fail one caller after each such migration.
+		rs = RowScan{}
+		err = p.pool.QueryRow(ctx, lookupSQL, arg).Scan(rs.Dest()...)
+	}
 	switch {
 	case err == nil:
 		return rs.Record(), nil
@@ -119,6 +129,14 @@ func (p *Postgres) Lookup(ctx context.Context, token string) (*Record, error) {
 		return nil, fmt.Errorf("%w: session %s: %w", ErrUnreadable, rs.r.ID, err)
 	}
 	return nil, classify(ctx, err)
+}
+
+// staleStatement reports whether err is Postgres refusing a prepared
+// statement whose result columns changed since it was prepared (SQLSTATE
+// 0A000, "cached plan must not change result type").
+func staleStatement(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "0A000" && strings.Contains(pgErr.Message, "cached plan must not change result type")
 }
 
 // classify turns a driver error into what callers act on: the context's own

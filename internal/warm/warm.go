@@ -319,7 +319,11 @@ func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, req Request, log 
 	if total < cfg.Count {
 		query = rowsAllSQL
 	}
-	rows, err := tx.Query(ctx, query, cfg.Window.Seconds(), cfg.Count)
+	// Not kept prepared: a migration that changes a column it returns
+	// would make Postgres refuse the kept statement on each pooled
+	// connection in turn, failing one run each ("cached plan must not
+	// change result type"). Describing it afresh costs a round trip a run.
+	rows, err := tx.Query(ctx, query, pgx.QueryExecModeDescribeExec, cfg.Window.Seconds(), cfg.Count)
 	if err != nil {
 		return fmt.Errorf("%w: query warmable sessions: %w", ErrPostgres, err)
 	}
