@@ -22,7 +22,12 @@ import (
 type Config struct {
 	GRPCAddr    string
 	DatabaseURL string
-	RedisURL    string
+	// ListenDatabaseURL is the invalidation listener's own Postgres (its
+	// LISTEN and heartbeat connections); empty: DatabaseURL. LISTEN needs a
+	// session of its own on the server: behind a PgBouncer in transaction
+	// mode, give the pool the bouncer and the listener Postgres itself.
+	ListenDatabaseURL string
+	RedisURL          string
 
 	TokenStorage     string
 	CacheTTL         time.Duration
@@ -134,6 +139,7 @@ func envName(flagName string) string {
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.GRPCAddr, "grpc-addr", c.GRPCAddr, "gRPC listen address")
 	fs.StringVar(&c.DatabaseURL, "database-url", c.DatabaseURL, "Postgres URL (source of truth; sslmode etc. in the URL)")
+	fs.StringVar(&c.ListenDatabaseURL, "listen-database-url", c.ListenDatabaseURL, "Postgres URL of the invalidation listener's LISTEN and heartbeat connections, when they must bypass a connection pooler (empty: --database-url)")
 	fs.StringVar(&c.RedisURL, "redis-url", c.RedisURL, "Redis URL: redis://, rediss:// (TLS) or unix://")
 	fs.StringVar(&c.TokenStorage, "token-storage", c.TokenStorage, "what user_sessions.token holds: hash (hex SHA-256 of the token) or plain")
 	fs.DurationVar(&c.CacheTTL, "cache-ttl", c.CacheTTL, "longest life of a cache entry (never past the session's expiry)")
@@ -197,6 +203,14 @@ func Parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
 	return fs.Parse(args)
 }
 
+// ListenURL is the Postgres URL the invalidation listener connects to.
+func (c *Config) ListenURL() string {
+	if c.ListenDatabaseURL != "" {
+		return c.ListenDatabaseURL
+	}
+	return c.DatabaseURL
+}
+
 // Validate checks the settings together; each error names the setting.
 func (c *Config) Validate() error {
 	var errs []error
@@ -209,6 +223,13 @@ func (c *Config) Validate() error {
 		bad("database-url", "%v", err) // never the value: it holds a password
 	} else if u, _ := url.Parse(c.DatabaseURL); u.Scheme != "postgres" && u.Scheme != "postgresql" {
 		bad("database-url", "want a postgres:// or postgresql:// URL")
+	}
+	if c.ListenDatabaseURL != "" {
+		if err := redact.Check("the value", c.ListenDatabaseURL); err != nil {
+			bad("listen-database-url", "%v", err)
+		} else if u, _ := url.Parse(c.ListenDatabaseURL); u.Scheme != "postgres" && u.Scheme != "postgresql" {
+			bad("listen-database-url", "want a postgres:// or postgresql:// URL")
+		}
 	}
 	if c.RedisURL == "" {
 		bad("redis-url", "required (a redis://, rediss:// or unix:// URL)")

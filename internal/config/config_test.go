@@ -72,6 +72,13 @@ func TestParse(t *testing.T) {
 		}, ""},
 		{"no ops listener", []string{"--metrics-addr="}, base, func(c Config) bool { return c.MetricsAddr == "" }, ""},
 		{"negative shutdown delay", []string{"--shutdown-delay=-1s"}, base, nil, "--shutdown-delay"},
+		{"the listener uses the database url by default", nil, base, func(c Config) bool {
+			return c.ListenDatabaseURL == "" && c.ListenURL() == "postgres://db/x"
+		}, ""},
+		{"a listener url of its own", nil, with("SESSIOND_LISTEN_DATABASE_URL", "postgres://primary:5432/x"), func(c Config) bool {
+			return c.ListenURL() == "postgres://primary:5432/x" && c.DatabaseURL == "postgres://db/x"
+		}, ""},
+		{"listener url not postgres", []string{"--listen-database-url=redis://r"}, base, nil, "--listen-database-url"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -104,9 +111,14 @@ func TestBadURLsKeepTheirSecret(t *testing.T) {
 		{"postgres: bad port", "postgres://u:" + secret + "@db:bad/x", "redis://r", "--database-url"},
 		{"postgres: unescaped slash in the password", "postgres://u:12/" + secret + "@db/x", "redis://r", "--database-url"},
 		{"postgres: bad escape", "postgres://u:" + secret + "%zz@db/x", "redis://r", "--database-url"},
+		{"listener: bad port", "postgres://db/x", "redis://r", "--listen-database-url"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := parse(t, nil, map[string]string{"DATABASE_URL": tt.db, "REDIS_URL": tt.redis})
+			env := map[string]string{"DATABASE_URL": tt.db, "REDIS_URL": tt.redis}
+			if tt.wantErr == "--listen-database-url" {
+				env["SESSIOND_LISTEN_DATABASE_URL"] = "postgres://u:" + secret + "@db:bad/x"
+			}
+			_, err := parse(t, nil, env)
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("err = %v, want one naming %s", err, tt.wantErr)
 			}

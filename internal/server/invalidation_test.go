@@ -2,9 +2,12 @@ package server_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,6 +20,7 @@ import (
 	sessiondv1 "github.com/sessiond/sessiond/gen/sessiond/v1"
 	"github.com/sessiond/sessiond/internal/config"
 	"github.com/sessiond/sessiond/internal/devstack/devtest"
+	"github.com/sessiond/sessiond/internal/invalidate"
 	"github.com/sessiond/sessiond/internal/schema"
 )
 
@@ -437,4 +441,59 @@ func TestThreeInstancesStayCoherentUnderLoad(t *testing.T) {
 		t.Errorf("%d of %d answers valid more than %s after the revocation; first: %v", late.Load(), answers.Load(), coherence, firstLate.Load())
 	}
 	t.Logf("%d answers checked", answers.Load())
+}
+
+// --listen-database-url: the LISTEN and heartbeat connections go where it
+// says (past a PgBouncer in transaction mode, Postgres itself), the pool
+// where --database-url says; a revocation still reaches the local cache.
+// Told apart here by the role each connects as.
+func TestListenerHasItsOwnURL(t *testing.T) {
+	dbURL := devtest.Database(t)
+	h := prepare(t, dbURL, devtest.RedisURL(t))
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	role := "sessiond_listener_" + hex.EncodeToString(b[:])
+	h.exec(`CREATE ROLE ` + role + ` LOGIN`)
+	t.Cleanup(func() { // after the server has stopped (cleanups run last first)
+		_, _ = h.db.Exec(context.Background(), `DROP ROLE IF EXISTS `+role)
+	})
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.User(role)
+	h.cfg.ListenDatabaseURL = u.String()
+	h.run()
+
+	usr := h.addUser(user{})
+	s := h.addSession(usr, session{})
+	localOn(t, s.token, h) // its miss used the pool
+	h.exec(`UPDATE platform.users SET banned_until = now() + interval '1 day' WHERE id = $1`, usr.id)
+	becomes(t, s.token, false, sessiondv1.Reason_REASON_USER_BANNED, h)
+
+	rows, err := h.db.Query(t.Context(), `SELECT usename, application_name FROM pg_stat_activity
+		WHERE datname = current_database() AND application_name LIKE 'sessiond%'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for rows.Next() {
+		var usename, app string
+		if err := rows.Scan(&usename, &app); err != nil {
+			t.Fatal(err)
+		}
+		seen[app] = true
+		listener := app == invalidate.ListenerApplicationName || app == invalidate.HeartbeatApplicationName
+		if listener != (usename == role) {
+			t.Errorf("%s connected as %s; only the listener's connections may use --listen-database-url (%s)", app, usename, role)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if !seen[invalidate.ListenerApplicationName] || !seen["sessiond"] {
+		t.Errorf("connections seen: %v, want the listener's and the pool's", seen)
+	}
 }

@@ -16,7 +16,7 @@ import (
 // cfg's URLs masked (internal/redact): whatever a driver puts in an error,
 // no password reaches a log line.
 func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Option) (*Server, error) {
-	secrets := redact.New(cfg.DatabaseURL, cfg.RedisURL)
+	secrets := redact.New(cfg.DatabaseURL, cfg.ListenDatabaseURL, cfg.RedisURL)
 	s, err := build(ctx, cfg, slog.New(secrets.Handler(log.Handler())), opts...)
 	return s, secrets.Error(err)
 }

@@ -147,7 +147,7 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Opt
 			Negative: cfg.NegativeTTL > 0, Activity: s.activity,
 		}, log)
 	s.inval = invalidate.New(s.redis.Fence(), invalidate.Options{
-		DatabaseURL: cfg.DatabaseURL, Storage: tiers.TokenStorage(cfg.TokenStorage), Timeout: cfg.PostgresTimeout,
+		DatabaseURL: cfg.ListenURL(), Storage: tiers.TokenStorage(cfg.TokenStorage), Timeout: cfg.PostgresTimeout,
 	}, log)
 	s.warmer = warm.New(bg, pool, s.redis, warm.Config{
 		Count: cfg.WarmCount, BatchSize: cfg.WarmBatchSize, BatchDelay: cfg.WarmBatchDelay,
