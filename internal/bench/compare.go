@@ -59,7 +59,7 @@ type CompareReport struct {
 	Runs    int          `json:"runs"`
 	Results []Result     `json:"results"` // every run of every scenario and mode, in the order measured
 	// Medians has one Result per scenario and mode, in the order first
-	// measured: each figure the median of its runs (see MedianOf).
+	// measured: each figure the median of its runs (see Medians).
 	Medians []Result `json:"medians"`
 }
 

@@ -217,19 +217,20 @@ func (c *Config) Validate() error {
 	bad := func(flagName, format string, a ...any) {
 		errs = append(errs, fmt.Errorf("invalid --%s ($%s): %s", flagName, envName(flagName), fmt.Sprintf(format, a...)))
 	}
+	postgresURL := func(flagName, v string) {
+		if err := redact.Check("the value", v); err != nil {
+			bad(flagName, "%v", err) // never the value: it holds a password
+		} else if u, _ := url.Parse(v); u.Scheme != "postgres" && u.Scheme != "postgresql" {
+			bad(flagName, "want a postgres:// or postgresql:// URL")
+		}
+	}
 	if c.DatabaseURL == "" {
 		bad("database-url", "required (a postgres:// URL)")
-	} else if err := redact.Check("the value", c.DatabaseURL); err != nil {
-		bad("database-url", "%v", err) // never the value: it holds a password
-	} else if u, _ := url.Parse(c.DatabaseURL); u.Scheme != "postgres" && u.Scheme != "postgresql" {
-		bad("database-url", "want a postgres:// or postgresql:// URL")
+	} else {
+		postgresURL("database-url", c.DatabaseURL)
 	}
 	if c.ListenDatabaseURL != "" {
-		if err := redact.Check("the value", c.ListenDatabaseURL); err != nil {
-			bad("listen-database-url", "%v", err)
-		} else if u, _ := url.Parse(c.ListenDatabaseURL); u.Scheme != "postgres" && u.Scheme != "postgresql" {
-			bad("listen-database-url", "want a postgres:// or postgresql:// URL")
-		}
+		postgresURL("listen-database-url", c.ListenDatabaseURL)
 	}
 	if c.RedisURL == "" {
 		bad("redis-url", "required (a redis://, rediss:// or unix:// URL)")

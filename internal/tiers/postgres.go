@@ -105,16 +105,22 @@ func (p *Postgres) Lookup(ctx context.Context, token string) (*Record, error) {
 	if p.storage != TokenStoragePlain {
 		arg = TokenHash(token)
 	}
+	conn, err := p.pool.Acquire(ctx)
+	if err != nil {
+		return nil, classify(ctx, err)
+	}
+	defer conn.Release()
 	var rs RowScan
-	err := p.pool.QueryRow(ctx, lookupSQL, arg).Scan(rs.Dest()...)
+	err = conn.QueryRow(ctx, lookupSQL, arg).Scan(rs.Dest()...)
 	if staleStatement(err) {
 		// A migration changed a column this statement returns (ALTER
-		// COLUMN ... TYPE, say): the connection's prepared statement no
+		// COLUMN ... TYPE, say): this connection's prepared statement no
 		// longer fits, and pgx has just dropped it from its cache. Asked
-		// again, it is prepared afresh. Without this, every pooled
-		// connection would fail one caller after each such migration.
+		// again on the same connection, it is prepared afresh. Without
+		// this, every pooled connection would fail one caller after each
+		// such migration.
 		rs = RowScan{}
-		err = p.pool.QueryRow(ctx, lookupSQL, arg).Scan(rs.Dest()...)
+		err = conn.QueryRow(ctx, lookupSQL, arg).Scan(rs.Dest()...)
 	}
 	switch {
 	case err == nil:
