@@ -59,14 +59,7 @@ func benchmarkBufconn(b *testing.B, opts ...server.Option) {
 	go func() { done <- srv.Run(ctx, lis) }()
 	b.Cleanup(func() { stop(); <-done })
 	<-srv.Ready()
-	conn, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close() })
-	client := sessiondv1.NewSessionServiceClient(conn)
+	client := bufconnClient(b, lis)
 	req := &sessiondv1.ValidateSessionRequest{Token: s.token}
 	for { // until answered from process memory
 		r, err := client.ValidateSession(ctx, req)
@@ -109,14 +102,7 @@ func BenchmarkNoopBufconn(b *testing.B) {
 	lis := bufconn.Listen(1 << 20)
 	go func() { _ = g.Serve(lis) }()
 	b.Cleanup(g.Stop)
-	conn, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close() })
-	client := sessiondv1.NewSessionServiceClient(conn)
+	client := bufconnClient(b, lis)
 	req := &sessiondv1.ValidateSessionRequest{Token: strings.Repeat("ab", 32)}
 	ctx := context.Background()
 	if _, err := client.ValidateSession(ctx, req); err != nil {
@@ -138,4 +124,17 @@ type noop struct {
 
 func (n noop) ValidateSession(context.Context, *sessiondv1.ValidateSessionRequest) (*sessiondv1.ValidateSessionResponse, error) {
 	return n.resp, nil
+}
+
+// bufconnClient is a SessionService client over lis, closed when b ends.
+func bufconnClient(b *testing.B, lis *bufconn.Listener) sessiondv1.SessionServiceClient {
+	b.Helper()
+	conn, err := grpc.NewClient("passthrough:///bufconn",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.Close() })
+	return sessiondv1.NewSessionServiceClient(conn)
 }
