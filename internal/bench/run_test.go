@@ -18,18 +18,7 @@ import (
 // one slow call; here half the calls are slow and p99 is near 1 s.
 func TestOpenLoopMeasuresFromSchedule(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var stalled atomic.Bool
-		fake := func(ctx context.Context, token string) (*sessiondv1.ValidateSessionResponse, error) {
-			if stalled.CompareAndSwap(false, true) {
-				time.Sleep(time.Second)
-			}
-			return &sessiondv1.ValidateSessionResponse{Reason: sessiondv1.Reason_REASON_NOT_FOUND}, nil
-		}
-		res, err := Run(t.Context(), NewRanking(nil), Mix{Unknown: 1}, []Caller{fake},
-			RunOptions{Duration: 2 * time.Second, Rate: 100, Concurrency: 1, Check: true})
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := stalledOpenLoop(t)
 		if res.Calls != 200 || res.Wrong != 0 {
 			t.Fatalf("calls %d, wrong %d; want 200, 0", res.Calls, res.Wrong)
 		}
@@ -114,18 +103,7 @@ func TestRunStopsWithContext(t *testing.T) {
 // call 1 (due at 10 ms, sent at 1 s).
 func TestOpenLoopServiceLatency(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var stalled atomic.Bool
-		fake := func(ctx context.Context, token string) (*sessiondv1.ValidateSessionResponse, error) {
-			if stalled.CompareAndSwap(false, true) {
-				time.Sleep(time.Second)
-			}
-			return &sessiondv1.ValidateSessionResponse{Reason: sessiondv1.Reason_REASON_NOT_FOUND}, nil
-		}
-		res, err := Run(t.Context(), NewRanking(nil), Mix{Unknown: 1}, []Caller{fake},
-			RunOptions{Duration: 2 * time.Second, Rate: 100, Concurrency: 1, Check: true})
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := stalledOpenLoop(t)
 		if res.Service == nil || res.Service.Max != 1000 || res.Service.P99 != 0 {
 			t.Errorf("service latency %+v, want max 1000 ms, p99 0", res.Service)
 		}
@@ -160,4 +138,24 @@ func TestOpenLoopDropLate(t *testing.T) {
 			t.Errorf("service %+v, latency %+v; want 10 ms to answer, up to ~900 ms from due", res.Service, res.Latency)
 		}
 	})
+}
+
+// stalledOpenLoop runs 2 s of an open loop at 100 calls/s with one sender
+// against a server whose first answer takes 1 s and every other none; it
+// must run inside a synctest bubble.
+func stalledOpenLoop(t *testing.T) Result {
+	t.Helper()
+	var stalled atomic.Bool
+	fake := func(ctx context.Context, token string) (*sessiondv1.ValidateSessionResponse, error) {
+		if stalled.CompareAndSwap(false, true) {
+			time.Sleep(time.Second)
+		}
+		return &sessiondv1.ValidateSessionResponse{Reason: sessiondv1.Reason_REASON_NOT_FOUND}, nil
+	}
+	res, err := Run(t.Context(), NewRanking(nil), Mix{Unknown: 1}, []Caller{fake},
+		RunOptions{Duration: 2 * time.Second, Rate: 100, Concurrency: 1, Check: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
 }
