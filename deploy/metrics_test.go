@@ -5,9 +5,7 @@
 package deploy_test
 
 import (
-	"context"
 	"log/slog"
-	"net"
 	"sort"
 	"strings"
 	"testing"
@@ -17,8 +15,7 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
 
-	"github.com/sessiond/sessiond/internal/config"
-	"github.com/sessiond/sessiond/internal/server"
+	"github.com/sessiond/sessiond/internal/server/servertest"
 )
 
 // exported returns the series names a sessiond's /metrics can hold: every
@@ -27,27 +24,12 @@ import (
 // summary's _sum and _count.
 func exported(t *testing.T) map[string]bool {
 	t.Helper()
-	cfg := config.Default()
-	cfg.DatabaseURL, cfg.RedisURL = "postgres://127.0.0.1:1/none", "redis://127.0.0.1:1"
-	cfg.WarmOnStart, cfg.RewarmInterval, cfg.ShutdownDelay = false, 0, 0
-	srv, err := server.New(t.Context(), cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, stop := servertest.Offline(t, slog.New(slog.DiscardHandler))
 	mfs, err := srv.Metrics().Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Run and stop at once, so that everything New started is closed.
-	ctx, cancel := context.WithCancel(t.Context())
-	cancel()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Run(ctx, lis); err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	names := map[string]bool{}
 	for _, mf := range mfs {
 		n := mf.GetName()

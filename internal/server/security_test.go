@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,6 +26,7 @@ import (
 	"github.com/sessiond/sessiond/internal/config"
 	"github.com/sessiond/sessiond/internal/devstack/devtest"
 	"github.com/sessiond/sessiond/internal/server"
+	"github.com/sessiond/sessiond/internal/server/servertest"
 )
 
 // clientCreds is how a test client connects.
@@ -290,24 +290,9 @@ func TestAdminTokenLogging(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var buf strings.Builder
-			cfg := config.Default()
-			cfg.DatabaseURL, cfg.RedisURL = "postgres://127.0.0.1:1/none", "redis://127.0.0.1:1"
-			cfg.AdminToken = tt.token
-			cfg.WarmOnStart, cfg.RewarmInterval = false, 0
-			srv, err := server.New(t.Context(), cfg, slog.New(slog.NewTextHandler(&buf, nil)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			// Run and stop at once so everything New started is closed.
-			ctx, cancel := context.WithCancel(t.Context())
-			cancel()
-			lis, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := srv.Run(ctx, lis); err != nil {
-				t.Fatal(err)
-			}
+			_, stop := servertest.Offline(t, slog.New(slog.NewTextHandler(&buf, nil)),
+				func(c *config.Config) { c.AdminToken = tt.token })
+			stop()
 			log := buf.String()
 			if got := strings.Count(log, "open to every caller"); (got == 1) != tt.wantWarning || got > 1 {
 				t.Errorf("%d warnings that admin RPCs are open, want %v:\n%s", got, tt.wantWarning, log)

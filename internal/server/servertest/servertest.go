@@ -149,3 +149,34 @@ func uuid() string {
 	h := randomHex(16)
 	return h[:8] + "-" + h[8:12] + "-4" + h[13:16] + "-a" + h[17:20] + "-" + h[20:]
 }
+
+// Offline builds a sessiond, config.Default changed by mods, on Postgres and
+// Redis addresses nobody listens on (nothing is reached: the pool connects
+// on demand and Redis is retried in the background), for tests of what New
+// sets up: the metrics it registers, what it logs at start. stop runs it and
+// stops it at once, so that everything New started is closed.
+func Offline(t testing.TB, log *slog.Logger, mods ...func(*config.Config)) (srv *server.Server, stop func()) {
+	t.Helper()
+	cfg := config.Default()
+	cfg.DatabaseURL, cfg.RedisURL = "postgres://127.0.0.1:1/none", "redis://127.0.0.1:1"
+	cfg.WarmOnStart, cfg.RewarmInterval, cfg.ShutdownDelay = false, 0, 0
+	for _, m := range mods {
+		m(&cfg)
+	}
+	srv, err := server.New(t.Context(), cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, func() {
+		t.Helper()
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Run(ctx, lis); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
