@@ -154,14 +154,32 @@ func parseUUID(s string) ([16]byte, bool) {
 	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
 		return u, false
 	}
-	hexPart := s[0:8] + s[9:13] + s[14:18] + s[19:23] + s[24:36]
-	for i := 0; i < len(hexPart); i++ {
-		if c := hexPart[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+	// Hex pairs straight into u, without building the 32 hex digits first:
+	// every warmed session parses two ids.
+	j := 0
+	for i := 0; i < len(s); i += 2 {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			i++
+		}
+		hi, ok1 := lowerHex(s[i])
+		lo, ok2 := lowerHex(s[i+1])
+		if !ok1 || !ok2 {
 			return u, false // capitals would not come back the same
 		}
+		u[j] = hi<<4 | lo
+		j++
 	}
-	_, err := hex.Decode(u[:], []byte(hexPart))
-	return u, err == nil
+	return u, true
+}
+
+func lowerHex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
 }
 
 func formatUUID(u []byte) string {

@@ -62,3 +62,26 @@ func FuzzDecodeEntry(f *testing.F) {
 		}
 	})
 }
+
+// An id is stored as 16 bytes only when it comes back as the same string.
+func TestParseUUID(t *testing.T) {
+	for _, tt := range []struct {
+		in string
+		ok bool
+	}{
+		{"0d4f4a5e-8d0c-4b0e-9a57-3e1f7b2c9d10", true},
+		{"00000000-0000-0000-0000-000000000000", true},
+		{"ffffffff-ffff-ffff-ffff-ffffffffffff", true},
+		{"0D4F4A5E-8D0C-4B0E-9A57-3E1F7B2C9D10", false}, // capitals
+		{"0d4f4a5e-8d0c-4b0e-9a57-3e1f7b2c9d1g", false},
+		{"0d4f4a5e8-d0c-4b0e-9a57-3e1f7b2c9d10", false}, // a dash out of place
+		{"0d4f4a5e-8d0c-4b0e-9a57-3e1f7b2c9d1", false},
+		{"{d4f4a5e-8d0c-4b0e-9a57-3e1f7b2c9d10", false},
+		{"", false},
+	} {
+		u, ok := parseUUID(tt.in)
+		if ok != tt.ok || ok && formatUUID(u[:]) != tt.in {
+			t.Errorf("parseUUID(%q) = %x, %v; want ok=%v and the same string back", tt.in, u, ok, tt.ok)
+		}
+	}
+}
