@@ -40,34 +40,21 @@ WHERE s.token = $1`
 // holds: NULL in any column, 'infinity' and '-infinity', and every year
 // Postgres can store. Scan into Dest(), then take Record().
 type RowScan struct {
-	r Record
-	// The nullable text columns: scanned as pgtype.Text rather than into
-	// *string fields, whose scan plan allocates through reflect for every
-	// value (a sixth of warming's reading CPU).
-	texts [5]pgtype.Text        // ip, user agent, first name, last name, username
-	email pgtype.Text           // NOT NULL in the schema, but a NULL must not fail the scan
+	r     Record
+	email pgtype.Text
 	times [5]pgtype.Timestamptz // expires, last activity, created, deleted, banned
 }
 
 // Dest is the scan destinations of Columns, in order.
 func (s *RowScan) Dest() []any {
 	return []any{&s.r.ID, &s.r.UserID, &s.times[0], &s.times[1], &s.times[2],
-		&s.texts[0], &s.texts[1], &s.email, &s.texts[2], &s.texts[3], &s.texts[4],
+		&s.r.IPAddress, &s.r.UserAgent, &s.email, &s.r.FirstName, &s.r.LastName, &s.r.Username,
 		&s.times[3], &s.times[4]}
 }
 
 // Record returns a new Record of the last row scanned, times in UTC.
 func (s *RowScan) Record() *Record {
 	r := s.r
-	strs := new([len(s.texts)]string) // one allocation for all five
-	opt := func(i int) *string {
-		if !s.texts[i].Valid {
-			return nil
-		}
-		strs[i] = s.texts[i].String
-		return &strs[i]
-	}
-	r.IPAddress, r.UserAgent, r.FirstName, r.LastName, r.Username = opt(0), opt(1), opt(2), opt(3), opt(4)
 	r.Email = s.email.String
 	r.ExpiresAt = fromPG(s.times[0])
 	r.LastActivityAt = fromPG(s.times[1])
