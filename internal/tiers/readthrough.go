@@ -17,6 +17,9 @@ type l1 interface {
 	// AwaitTrust waits at most d (and while ctx lasts) for the cache to
 	// be believed, and reports whether it is.
 	AwaitTrust(ctx context.Context, d time.Duration) bool
+	// Cached is what Get would answer without a round trip to Redis (ok),
+	// or else the generation a Postgres read begun now must carry.
+	Cached(ctx context.Context, key string) (l Lookup, ok bool)
 	// Get reads key; timeout bounds what waits for Redis.
 	Get(ctx context.Context, key string, timeout time.Duration) (Lookup, error)
 	Set(ctx context.Context, key string, rec *Record, st Stamp) error
@@ -67,7 +70,12 @@ type Counters struct {
 	// FillsDropped counts fills not made because maxFills were already
 	// under way (Redis slow): the next miss of those tokens reads again.
 	FillsDropped atomic.Int64
-	answers      answerCounts // by reason and source, except negative hits (see Answered)
+	// EarlyReads counts Postgres reads begun together with the Redis read
+	// (see earlyReads); EarlyReadsUnused those Redis then answered, whose
+	// answer was not needed.
+	EarlyReads       atomic.Int64
+	EarlyReadsUnused atomic.Int64
+	answers          answerCounts // by reason and source, except negative hits (see Answered)
 }
 
 // maxFills bounds the fills under way at once: a fill runs after its
@@ -104,6 +112,8 @@ type ReadThrough struct {
 	log  *slog.Logger
 	c    Counters
 
+	early earlyReads
+
 	mu      sync.Mutex
 	flights map[string]*flight // the newest Postgres read per key, until its fill is done
 	fills   atomic.Int64       // under way
@@ -118,6 +128,9 @@ type flight struct {
 	done chan struct{} // closed when rec and err are set
 	rec  *Record
 	err  error
+	// noFill: an early read whose key Redis turned out to hold; writing
+	// it again would only make every instance drop its local copy.
+	noFill atomic.Bool
 }
 
 // Wait waits for the Postgres reads and fills under way to end (each is
@@ -151,7 +164,21 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 	// invalidation handled after this point is not handed to this caller.
 	arrived := rt.l1.Seq()
 
-	l, err := rt.get(ctx, key)
+	l, cached := rt.l1.Cached(ctx, key)
+	var early *flight
+	var err error
+	if !cached {
+		if rt.early.on.Load() {
+			early = rt.flight(ctx, token, key, l.Gen, arrived)
+			rt.c.EarlyReads.Add(1)
+		}
+		l, err = rt.get(ctx, key)
+		rt.early.observe(err == nil && l.Found())
+		if early != nil && err == nil && l.Found() {
+			early.noFill.Store(true)
+			rt.c.EarlyReadsUnused.Add(1)
+		}
+	}
 	switch {
 	case err == nil && l.Negative:
 		rt.c.NegativeHits.Add(1)
@@ -168,7 +195,11 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 		rt.c.Distrusted.Add(1)
 	}
 
-	rec, err := rt.lookup(ctx, token, key, l.Gen, arrived)
+	f := early
+	if f == nil {
+		f = rt.flight(ctx, token, key, l.Gen, arrived)
+	}
+	rec, err := rt.wait(ctx, f)
 	if err != nil {
 		// When Postgres fails, the listener usually learns why within
 		// milliseconds: Postgres refuses connections (nothing can be
@@ -245,16 +276,17 @@ func (rt *ReadThrough) get(ctx context.Context, key string) (Lookup, error) {
 	return rt.l1.Get(ctx, key, rt.opts.RedisTimeout)
 }
 
-// lookup asks Postgres, coalescing concurrent misses for one token into one
-// query, answers, and then fills the cache off the callers' path. A caller
-// joins a read (under way, or answered and still filling) only if it began
-// after every invalidation this instance had handled when the caller
-// arrived; otherwise it starts a new read, which later callers join. The
-// shared query and fill run detached from any one caller (bounded by the
-// configured timeouts), so a caller who hangs up does not fail the others
-// waiting on the same token; each caller still leaves when its own ctx ends.
-func (rt *ReadThrough) lookup(ctx context.Context, token, key string, gen int64, arrived uint64) (*Record, error) {
+// flight returns the Postgres read of token to wait for: one under way
+// (answered or not, still filling) if it began after every invalidation
+// this instance had handled when the caller arrived, else a new one, which
+// later callers join. So concurrent misses of one token cost one query.
+// The read and its fill (off the callers' path) run detached from any one
+// caller, bounded by the configured timeouts: a caller who hangs up does
+// not fail the others waiting on the same token. gen is the generation the
+// fill carries (see Stamp).
+func (rt *ReadThrough) flight(ctx context.Context, token, key string, gen int64, arrived uint64) *flight {
 	rt.mu.Lock()
+	defer rt.mu.Unlock()
 	f := rt.flights[key]
 	if f == nil || f.seq < arrived {
 		if f != nil {
@@ -265,12 +297,53 @@ func (rt *ReadThrough) lookup(ctx context.Context, token, key string, gen int64,
 		rt.reads.Add(1)
 		go rt.read(context.WithoutCancel(ctx), f, token, key, gen)
 	}
-	rt.mu.Unlock()
+	return f
+}
+
+// wait waits for f's answer; each caller leaves when its own ctx ends.
+func (rt *ReadThrough) wait(ctx context.Context, f *flight) (*Record, error) {
 	select {
 	case <-f.done:
 		return f.rec, f.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+}
+
+// earlyReads decides whether a miss's Postgres read begins together with
+// its Redis read instead of after it. A Redis round trip is a good part of
+// a miss (0.13 ms on loopback on the machines of docs/performance.md,
+// against 0.45 ms for the query), and when Redis rarely holds what the
+// process does not, waiting for it first only adds that round trip. But an
+// early read of a key Redis holds is a Postgres query spent for nothing,
+// and Postgres is the tier that must stay lightly loaded. So early reads
+// are on while fewer than one in earlyFound of the last earlyWindow round
+// trips found their key in Redis (a flood of unknown tokens, a cold or
+// flushed Redis, a wave of new logins): they then cost at most one query
+// in seven more than the misses need. They are off while Redis answers
+// more often (the default mix of docs/performance.md, where a third of the
+// round trips find a session warmed but not yet local, or a cold process
+// beside a warm Redis), and at start. Correctness does not depend on it:
+// an early read is a flight like any other, begun after the caller
+// arrived; the caller still takes Redis's answer when Redis has one.
+type earlyReads struct {
+	on    atomic.Bool
+	trips atomic.Int64 // round trips to Redis
+	found atomic.Int64 // of those in the current window, the ones Redis answered
+}
+
+const (
+	earlyWindow = 256
+	earlyFound  = 8
+)
+
+// observe counts one round trip and whether Redis answered it.
+func (e *earlyReads) observe(found bool) {
+	if found {
+		e.found.Add(1)
+	}
+	if e.trips.Add(1)%earlyWindow == 0 {
+		e.on.Store(earlyFound*e.found.Swap(0) < earlyWindow)
 	}
 }
 
@@ -297,6 +370,9 @@ func (rt *ReadThrough) read(ctx context.Context, f *flight, token, key string, g
 		return
 	}
 	close(f.done) // the callers have their answer
+	if f.noFill.Load() {
+		return
+	}
 	if rt.fills.Add(1) > maxFills {
 		rt.fills.Add(-1)
 		rt.c.FillsDropped.Add(1)

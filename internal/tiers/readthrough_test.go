@@ -3,6 +3,7 @@ package tiers
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -19,13 +20,21 @@ type fakeCache struct {
 	failing bool
 	local   bool
 	seq     atomic.Uint64 // invalidations handled
+	gate    chan struct{} // when non-nil, Get waits for it to close
+	sets    atomic.Int64  // fills
 }
+
+// Cached: the fake keeps nothing in process memory; every Get is a trip.
+func (f *fakeCache) Cached(context.Context, string) (Lookup, bool) { return Lookup{}, false }
 
 func (f *fakeCache) Seq() uint64 { return f.seq.Load() }
 
 func (f *fakeCache) AwaitTrust(context.Context, time.Duration) bool { return true }
 
 func (f *fakeCache) Get(_ context.Context, key string, _ time.Duration) (Lookup, error) {
+	if f.gate != nil {
+		<-f.gate
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.failing {
@@ -39,6 +48,7 @@ func (f *fakeCache) SetNegative(context.Context, string, Stamp) (WriteResult, er
 }
 
 func (f *fakeCache) Set(_ context.Context, key string, rec *Record, _ Stamp) error {
+	f.sets.Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.failing {
@@ -295,4 +305,86 @@ func TestReadThroughRefusesBadTokensBeforeAnyTier(t *testing.T) {
 	if truth.queries.Load() != 0 || len(cache.m) != 0 {
 		t.Error("a malformed token reached a tier")
 	}
+}
+
+// Early reads: after a window of round trips in which Redis rarely had the
+// key, a miss's Postgres read begins while its Redis read is still under
+// way; when Redis then has the key, its answer is the one given and the
+// early read fills nothing; after a window in which Redis had a quarter of
+// the keys, misses wait for Redis again before asking Postgres.
+func TestReadThroughEarlyReads(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		exp := time.Now().Add(time.Hour)
+		inRedis := &Record{ID: "s2", UserID: "u2", ExpiresAt: exp}
+		truth := &fakeTruth{rows: map[string]*Record{
+			"tok1": {ID: "s1", UserID: "u1", ExpiresAt: exp},
+			"tok2": {ID: "s2", UserID: "u2", ExpiresAt: exp},
+			"tok3": {ID: "s3", UserID: "u3", ExpiresAt: exp},
+			"tok4": {ID: "s4", UserID: "u4", ExpiresAt: exp},
+		}}
+		cache := &fakeCache{m: map[string]*Record{Key(TokenHash("tok2")): inRedis}}
+		rt := newTestReadThrough(cache, truth, nil)
+		ctx := context.Background()
+		validateHeld := func(tok string) (queriesWhileHeld int64, res Result) {
+			cache.gate, truth.gate = make(chan struct{}), make(chan struct{})
+			before := truth.queries.Load()
+			done := make(chan Result, 1)
+			go func() {
+				res, err := rt.Validate(ctx, tok)
+				if err != nil {
+					t.Error(err)
+				}
+				done <- res
+			}()
+			synctest.Wait() // the caller waits on Redis (and its early read on Postgres)
+			queriesWhileHeld = truth.queries.Load() - before
+			close(cache.gate) // Redis answers first
+			synctest.Wait()
+			close(truth.gate)
+			res = <-done
+			cache.gate, truth.gate = nil, nil
+			rt.Wait()
+			return queriesWhileHeld, res
+		}
+
+		// Off at start: Postgres is asked only once Redis has missed.
+		if q, res := validateHeld("tok1"); q != 0 || res.Source != SourcePostgres {
+			t.Fatalf("at start: %d queries while Redis was asked, source %v; want 0, postgres", q, res.Source)
+		}
+		for i := range earlyWindow - 1 { // with tok1's, a window of round trips
+			if _, err := rt.Validate(ctx, fmt.Sprintf("unknown%d", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Redis missed a whole window: on.
+		if q, res := validateHeld("tok3"); q != 1 || res.Source != SourcePostgres || res.Record.ID != "s3" {
+			t.Fatalf("after a window of misses: %d queries while Redis was asked, %+v; want 1, s3 from postgres", q, res)
+		}
+		sets := cache.sets.Load()
+		if q, res := validateHeld("tok2"); q != 1 || res.Source != SourceRedis || res.Record != inRedis {
+			t.Fatalf("early read of a key Redis holds: %d queries, %+v; want 1 and Redis's answer", q, res)
+		}
+		if cache.sets.Load() != sets {
+			t.Error("an early read whose key Redis held filled it again")
+		}
+		c := rt.Counters()
+		if c.EarlyReads.Load() != 2 || c.EarlyReadsUnused.Load() != 1 {
+			t.Errorf("early reads %d, unused %d; want 2 and 1", c.EarlyReads.Load(), c.EarlyReadsUnused.Load())
+		}
+		// A window of round trips (with tok3's and tok2's) a quarter of
+		// which Redis answers: off again.
+		for i := range earlyWindow - 2 {
+			tok := "tok2"
+			if i%4 != 0 {
+				tok = fmt.Sprintf("unknown%d", i)
+			}
+			if _, err := rt.Validate(ctx, tok); err != nil {
+				t.Fatal(err)
+			}
+		}
+		rt.Wait() // the early reads made until the window closed
+		if q, res := validateHeld("tok4"); q != 0 || res.Source != SourcePostgres {
+			t.Fatalf("after a window of a quarter Redis hits: %d queries while Redis was asked, source %v; want 0, postgres", q, res.Source)
+		}
+	})
 }

@@ -360,16 +360,8 @@ func (r *Redis) AwaitTrust(ctx context.Context, d time.Duration) bool {
 // treat it as a miss.
 func (r *Redis) Get(ctx context.Context, key string, timeout time.Duration) (Lookup, error) {
 	f := r.fence
-	if !f.Trusted() {
-		return Lookup{Gen: f.Floor(), Distrusted: true}, nil
-	}
-	if r.memo != nil {
-		if l, ok := r.fromMemo(key); ok {
-			if !f.Trusted() {
-				return Lookup{Gen: f.Floor(), Distrusted: true}, nil
-			}
-			return l, nil
-		}
+	if l, ok := r.Cached(ctx, key); ok {
+		return l, nil
 	}
 	if timeout > 0 {
 		var cancel context.CancelFunc
@@ -416,6 +408,33 @@ func (r *Redis) Get(ctx context.Context, key string, timeout time.Duration) (Loo
 		return Lookup{Gen: f.Floor(), Distrusted: true}, nil
 	}
 	return l, err
+}
+
+// Cached is what Get returns for key when this instance knows it without a
+// round trip to Redis: the fence's distrust, or a decoded local copy. When
+// ok is false, Get would ask Redis, and the Lookup's Gen is the generation
+// as this instance knows it now: what a read from Postgres begun before
+// that round trip must carry (see Stamp and ReadThrough's early reads).
+func (r *Redis) Cached(_ context.Context, key string) (l Lookup, ok bool) {
+	f := r.fence
+	if !f.Trusted() {
+		return Lookup{Gen: f.Floor(), Distrusted: true}, true
+	}
+	if r.memo == nil {
+		return Lookup{Gen: f.Floor()}, false
+	}
+	l, ok = r.fromMemo(key)
+	switch {
+	case !f.Trusted():
+		return Lookup{Gen: f.Floor(), Distrusted: true}, true
+	case ok:
+		return l, true
+	}
+	gen := f.Floor()
+	if g, ok := r.memo.get(GenKey, time.Now().UnixNano()); ok && !g.absent {
+		gen = max(gen, g.num)
+	}
+	return Lookup{Gen: gen}, false
 }
 
 func (r *Redis) decodeLookup(key string, entry, gen rueidis.RedisResult) (Lookup, error) {

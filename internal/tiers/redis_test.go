@@ -328,3 +328,49 @@ func TestRedisTimesRoundTrip(t *testing.T) {
 }
 
 func devtestRedisURL(tb testing.TB) string { return devtest.RedisURL(tb) }
+
+// Cached answers what the process holds, and for anything else gives the
+// generation a Postgres read begun before the round trip must carry.
+func TestCachedAnswersOnlyFromProcessMemory(t *testing.T) {
+	url := devtestRedisURL(t)
+	ctx := t.Context()
+	r, err := ConnectRedis(ctx, url, RedisOptions{TTL: time.Minute, LocalCache: true, LocalCacheBytes: 1 << 20, Fence: testFenceOptions()}, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	runFence(t, r)
+	for !r.Fence().Trusted() {
+		if err := r.Fence().Verify(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gen, err := r.Gen(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	rec := &Record{ID: "s1", UserID: "u1", ExpiresAt: now.Add(time.Hour), LastActivityAt: now, CreatedAt: now, Email: "e@x"}
+	if err := r.Set(ctx, k("held"), rec, Stamp{ReadStart: now, Gen: gen}); err != nil {
+		t.Fatal(err)
+	}
+	if l, ok := r.Cached(ctx, k("held")); ok {
+		t.Fatalf("never read: Cached answered %+v", l)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for { // until the process holds it (a read through, then Redis's invalidation of the fill has come)
+		if l, err := r.Get(ctx, k("held"), time.Second); err == nil && l.Local && equalRecords(l.Record, rec) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("never held locally")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if l, ok := r.Cached(ctx, k("held")); !ok || !l.Local || !equalRecords(l.Record, rec) {
+		t.Errorf("held: Cached = %+v, %v; want the record, local", l, ok)
+	}
+	if l, ok := r.Cached(ctx, k("unknown")); ok || l.Gen != gen || l.Found() {
+		t.Errorf("unknown: Cached = %+v, %v; want not ok with generation %d", l, ok, gen)
+	}
+}
