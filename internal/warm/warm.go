@@ -378,8 +378,11 @@ func (w *Warmer) warm(ctx context.Context, r *Run, cfg Config, req Request, log 
 		var rs tiers.RowScan
 		var stored string
 		dest := append([]any{&stored}, rs.Dest()...)
-		scan := newRawScanner(rows.Conn().TypeMap(), rows.FieldDescriptions(), dest)
+		var scan *rawScanner // planned at the first row: a query that failed has no fields
 		for rows.Next() {
+			if scan == nil {
+				scan = newRawScanner(rows.Conn().TypeMap(), rows.FieldDescriptions(), dest)
+			}
 			// Column by column from the raw values, not rows.Scan: a failed
 			// Scan closes the rows, and one row an application wrote in a
 			// way sessiond cannot read must not fail every warm (and hold
@@ -553,13 +556,16 @@ type rawScanner struct {
 
 func newRawScanner(types *pgtype.Map, fields []pgconn.FieldDescription, dest []any) *rawScanner {
 	s := &rawScanner{fields: fields, dest: dest, plans: make([]pgtype.ScanPlan, len(dest))}
-	for i := range dest {
+	for i := range min(len(dest), len(fields)) {
 		s.plans[i] = types.PlanScan(fields[i].DataTypeOID, fields[i].Format, dest[i])
 	}
 	return s
 }
 
 func (s *rawScanner) row(raw [][]byte) (string, error) {
+	if len(raw) != len(s.plans) || len(s.fields) != len(s.plans) {
+		return "", fmt.Errorf("%d columns, want %d", len(raw), len(s.plans))
+	}
 	for i, p := range s.plans {
 		if err := p.Scan(raw[i], s.dest[i]); err != nil {
 			return s.fields[i].Name, err
