@@ -19,7 +19,7 @@ import (
 
 // warmer is what the admin RPCs need of warming.
 type warmer interface {
-	Start(req warm.Request, held bool) (r *warm.Run, joined bool)
+	StartWatching(req warm.Request) (r *warm.Run, progress <-chan warm.Progress, unwatch func(), joined bool)
 	Estimate(ctx context.Context, count int) (int, error)
 	Last() (warm.Progress, bool)
 	Config() warm.Config
@@ -78,8 +78,7 @@ func (s *Service) WarmCache(req *sessiondv1.WarmCacheRequest, stream grpc.Server
 		delay := d.AsDuration()
 		wreq.BatchDelay = &delay
 	}
-	run, _ := s.w.Start(wreq, false)
-	progress, unwatch := run.Watch()
+	_, progress, unwatch, _ := s.w.StartWatching(wreq)
 	defer unwatch()
 	for {
 		select {

@@ -179,13 +179,29 @@ func (w *Warmer) Last() (Progress, bool) {
 // starter until it ends (the server's own runs); otherwise it lives while
 // anyone watches it: when its last watcher leaves, it is cancelled.
 func (w *Warmer) Start(req Request, held bool) (r *Run, joined bool) {
+	r, _, _, joined = w.start(req, held, false)
+	return r, joined
+}
+
+// StartWatching is Start (not held) for a caller who follows the run: its
+// watch (see Run.Watch) begins before a new run does, so that it sees every
+// batch; a run of a few batches could otherwise end its first ones between
+// a Start and a Watch.
+func (w *Warmer) StartWatching(req Request) (r *Run, progress <-chan Progress, unwatch func(), joined bool) {
+	return w.start(req, false, true)
+}
+
+func (w *Warmer) start(req Request, held, watch bool) (r *Run, progress <-chan Progress, unwatch func(), joined bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.current != nil {
 		select {
 		case <-w.current.Done(): // ended; its goroutine has not cleared it yet
 		default:
-			return w.current, true
+			if watch {
+				progress, unwatch = w.current.Watch()
+			}
+			return w.current, progress, unwatch, true
 		}
 	}
 	cfg := w.cfg
@@ -205,6 +221,9 @@ func (w *Warmer) Start(req Request, held bool) (r *Run, joined bool) {
 	r = newRun(newRunID(), cancel, held)
 	r.p.Phase = req.Phase
 	w.current, w.last = r, r
+	if watch {
+		progress, unwatch = r.Watch()
+	}
 	go func() {
 		defer cancel()
 		w.run(ctx, r, cfg, req)
@@ -214,7 +233,7 @@ func (w *Warmer) Start(req Request, held bool) (r *Run, joined bool) {
 		}
 		w.mu.Unlock()
 	}()
-	return r, false
+	return r, progress, unwatch, false
 }
 
 var errTimeout = errors.New("warming run hit its time limit")

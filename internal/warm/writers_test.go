@@ -28,7 +28,8 @@ type scriptedCache struct {
 	// write: writers race for batches, and the last batch's write may be
 	// the first to reach Redis.)
 	hold     bool
-	failFrom int // from this write on (1-based), every entry fails; 0: never
+	failFrom int           // from this write on (1-based), every entry fails; 0: never
+	gate     chan struct{} // when not nil, every write waits for it to close
 
 	mu          sync.Mutex
 	calls       int
@@ -49,6 +50,9 @@ func (c *scriptedCache) SetMany(ctx context.Context, entries []tiers.Entry, _ ti
 	hold := c.hold && !c.held && len(entries) == c.batchSize
 	c.held = c.held || hold
 	c.mu.Unlock()
+	if c.gate != nil {
+		<-c.gate
+	}
 	if len(entries) < c.batchSize {
 		defer close(c.partialDone)
 	}
@@ -178,5 +182,52 @@ func TestWritersOverlapInOrder(t *testing.T) {
 			}
 			t.Logf("progress %v", done)
 		})
+	}
+}
+
+// A caller who starts a run with StartWatching sees it from its count on:
+// every batch, then the end; one who joins it sees it from where it is.
+func TestStartWatchingSeesEveryBatch(t *testing.T) {
+	pool, err := pgxpool.New(t.Context(), devtest.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	addSessions(t, pool, 25)
+	cache := &scriptedCache{batchSize: 10, partialDone: make(chan struct{}), gate: make(chan struct{})}
+	w := warm.New(t.Context(), pool, cache, warm.Config{
+		Count: 1000, BatchSize: 10, Window: time.Hour, Timeout: time.Minute, Storage: tiers.TokenStorageHash,
+	}, slog.New(slog.DiscardHandler))
+	run, progress, unwatch, joined := w.StartWatching(warm.Request{})
+	defer unwatch()
+	if joined {
+		t.Fatal("joined a run, with none running")
+	}
+	_, again, unwatchAgain, joined := w.StartWatching(warm.Request{}) // the writes are held: still running
+	defer unwatchAgain()
+	if !joined {
+		t.Error("a second caller started a second run")
+	}
+	close(cache.gate)
+	var batches []int
+	for p := range progress {
+		if p.RunID != run.ID() || p.Total != 25 {
+			t.Fatalf("progress %+v: want run %s of 25", p, run.ID())
+		}
+		if !p.Done {
+			batches = append(batches, p.Batches)
+		} else if p.Outcome != warm.Completed || p.Warmed != 25 {
+			t.Errorf("last message %+v, want completed, 25 warmed", p)
+		}
+	}
+	if !slices.Equal(batches, []int{0, 1, 2, 3}) {
+		t.Errorf("batches seen %v, want the count (0), then 1, 2 and 3", batches)
+	}
+	var last warm.Progress
+	for p := range again {
+		last = p
+	}
+	if !last.Done || last.RunID != run.ID() {
+		t.Errorf("the joiner's last message %+v, want the run's end", last)
 	}
 }
