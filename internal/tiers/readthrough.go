@@ -173,11 +173,24 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 			rt.c.EarlyReads.Add(1)
 		}
 		l, err = rt.get(ctx, key)
-		rt.early.observe(err == nil && l.Found())
-		if early != nil && err == nil && l.Found() {
-			early.noFill.Store(true)
-			rt.c.EarlyReadsUnused.Add(1)
+		found := err == nil && l.Found()
+		if early != nil && found {
+			select {
+			case <-early.done:
+				if early.err == nil {
+					// The early read answered first, and what Redis
+					// returned may be its own fill: the answer (and the
+					// count) is the read's, as Postgres gave it.
+					found, l = false, Lookup{Gen: l.Gen}
+				}
+			default:
+			}
+			if found {
+				early.noFill.Store(true)
+				rt.c.EarlyReadsUnused.Add(1)
+			}
 		}
+		rt.early.observe(found)
 	}
 	switch {
 	case err == nil && l.Negative:

@@ -321,6 +321,7 @@ func TestReadThroughEarlyReads(t *testing.T) {
 			"tok2": {ID: "s2", UserID: "u2", ExpiresAt: exp},
 			"tok3": {ID: "s3", UserID: "u3", ExpiresAt: exp},
 			"tok4": {ID: "s4", UserID: "u4", ExpiresAt: exp},
+			"tok5": {ID: "s5", UserID: "u5", ExpiresAt: exp},
 		}}
 		cache := &fakeCache{m: map[string]*Record{Key(TokenHash("tok2")): inRedis}}
 		rt := newTestReadThrough(cache, truth, nil)
@@ -371,9 +372,30 @@ func TestReadThroughEarlyReads(t *testing.T) {
 		if c.EarlyReads.Load() != 2 || c.EarlyReadsUnused.Load() != 1 {
 			t.Errorf("early reads %d, unused %d; want 2 and 1", c.EarlyReads.Load(), c.EarlyReadsUnused.Load())
 		}
-		// A window of round trips (with tok3's and tok2's) a quarter of
-		// which Redis answers: off again.
-		for i := range earlyWindow - 2 {
+		// An early read that answers and fills before Redis answers: Redis
+		// then returns that fill, and the answer is counted as Postgres's.
+		cache.gate = make(chan struct{})
+		done := make(chan Result, 1)
+		go func() {
+			res, err := rt.Validate(ctx, "tok5")
+			if err != nil {
+				t.Error(err)
+			}
+			done <- res
+		}()
+		synctest.Wait()
+		cache.mu.Lock()
+		_, filled := cache.m[Key(TokenHash("tok5"))]
+		cache.mu.Unlock()
+		close(cache.gate)
+		if res := <-done; !filled || res.Source != SourcePostgres || res.Record.ID != "s5" || c.EarlyReadsUnused.Load() != 1 {
+			t.Errorf("read answered before Redis: filled %v, %+v, unused %d; want filled, s5 from postgres, 1", filled, res, c.EarlyReadsUnused.Load())
+		}
+		cache.gate = nil
+		rt.Wait()
+		// A window of round trips (with tok3's, tok2's and tok5's) a
+		// quarter of which Redis answers: off again.
+		for i := range earlyWindow - 3 {
 			tok := "tok2"
 			if i%4 != 0 {
 				tok = fmt.Sprintf("unknown%d", i)
