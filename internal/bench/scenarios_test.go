@@ -205,7 +205,7 @@ func TestReports(t *testing.T) {
 		r := ColdRun{ToListeningMS: 50, ToServingMS: 500, Startup: WarmPhase{Complete: true, Warmed: 1000, Found: 1000, MS: 450}}
 		for i, h := range hits {
 			if h >= 0 {
-				r.Load.Series = append(r.Load.Series, Second{T: i, HitRate: h})
+				r.Load.Series = append(r.Load.Series, Second{T: i, HitRate: h, P99: h / 10})
 			}
 		}
 		r.Load.Checked, r.Load.HitRate = true, 80
@@ -215,9 +215,9 @@ func TestReports(t *testing.T) {
 	for _, want := range []string{
 		"| 1 | 50 | 500 | 1000 warmed of 1000 in 450 ms | not completed, no progress logged |",
 		"| median | 50 | 500 | | | | | 80.0 % | |",
-		"| 0 | 70.0 | 60.0 | 75.0 | 70.0 |",
-		"| 1 | 80.0 |  | 85.0 | 80.0 |", // run 2 had no call in second 1
-		"| 2 |  | 90.0 |  | 90.0 |",
+		"| 0 | 70.0 | 60.0 | 75.0 | 70.0 | 7.0 | 6.0 | 7.5 | 7.0 |",
+		"| 1 | 80.0 |  | 85.0 | 80.0 | 8.0 |  | 8.5 | 8.0 |", // run 2 had no call in second 1
+		"| 2 |  | 90.0 |  | 90.0 |  | 9.0 |  | 9.0 |",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("cold start report lacks %q:\n%s", want, b.String())
