@@ -7,6 +7,7 @@ import (
 	"net"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 
 	sessiondv1 "github.com/sessiond/sessiond/gen/sessiond/v1"
 	"github.com/sessiond/sessiond/internal/extauthz"
@@ -97,6 +98,15 @@ func (s *Server) stopCallers() <-chan struct{} {
 // isHotPath reports whether a call is one per request of a caller's own
 // traffic, which is not logged as it finishes (an info line per request
 // would cost every caller); ValidateSession logs its own debug record.
-func isHotPath(fullMethod string) bool {
-	return fullMethod == sessiondv1.SessionService_ValidateSession_FullMethodName || fullMethod == extauthz.CheckMethod
+func isHotPath(c interceptors.CallMeta) bool {
+	return callIs(c, sessiondv1.SessionService_ValidateSession_FullMethodName) || callIs(c, extauthz.CheckMethod)
+}
+
+// callIs reports whether c is the method fullMethod ("/service/method")
+// without building c's full name: CallMeta.FullMethod allocates, and the
+// interceptors ask on every call.
+func callIs(c interceptors.CallMeta, fullMethod string) bool {
+	n := len(c.Service)
+	return len(fullMethod) == n+len(c.Method)+2 && fullMethod[0] == '/' && fullMethod[n+1] == '/' &&
+		fullMethod[1:n+1] == c.Service && fullMethod[n+2:] == c.Method
 }

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
@@ -47,7 +46,7 @@ func securityOptions(cfg config.Config, log *slog.Logger) ([]grpc.ServerOption, 
 		log.Warn("--admin-token without --tls-cert: admin callers send the token in clear")
 	}
 	check := adminAuth(cfg.AdminToken)
-	admin := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool { return isAdminMethod(c.FullMethod()) })
+	admin := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool { return isAdminMethod(c) })
 	return append(opts,
 		grpc.ChainUnaryInterceptor(selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(check), admin)),
 		grpc.ChainStreamInterceptor(selector.StreamServerInterceptor(auth.StreamServerInterceptor(check), admin)),
@@ -59,12 +58,8 @@ func securityOptions(cfg config.Config, log *slog.Logger) ([]grpc.ServerOption, 
 // InvalidateSessions and GetStats). An RPC added later is admin-only until
 // it is listed here as public: the mistake then shows as a refused call, not
 // as an open one. Health and reflection are other services and need none.
-func isAdminMethod(fullMethod string) bool {
-	switch fullMethod {
-	case sessiondv1.SessionService_ValidateSession_FullMethodName:
-		return false
-	}
-	return strings.HasPrefix(fullMethod, "/"+ServiceName+"/")
+func isAdminMethod(c interceptors.CallMeta) bool {
+	return c.Service == ServiceName && !callIs(c, sessiondv1.SessionService_ValidateSession_FullMethodName)
 }
 
 // adminAuth returns the check of the admin credential, sent as

@@ -183,7 +183,7 @@ func (s *Server) serverOptions() []grpc.ServerOption {
 	// guide's fields), and an interceptor on the hot path would cost every
 	// caller.
 	notValidate := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
-		return !isHotPath(c.FullMethod())
+		return !isHotPath(c)
 	})
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		s.log.Log(ctx, slog.Level(lvl), msg, fields...)
