@@ -167,30 +167,15 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 	l, cached := rt.l1.Cached(ctx, key)
 	var early *flight
 	var err error
-	if !cached {
-		if rt.early.on.Load() {
-			early = rt.flight(ctx, token, key, l.Gen, arrived)
-			rt.c.EarlyReads.Add(1)
-		}
+	switch {
+	case cached:
+	case rt.early.on.Load():
+		early = rt.flight(ctx, token, key, l.Gen, arrived)
+		rt.c.EarlyReads.Add(1)
+		l, err = rt.getBeside(ctx, key, early)
+	default:
 		l, err = rt.get(ctx, key)
-		found := err == nil && l.Found()
-		if early != nil && found {
-			select {
-			case <-early.done:
-				if early.err == nil {
-					// The early read answered first, and what Redis
-					// returned may be its own fill: the answer (and the
-					// count) is the read's, as Postgres gave it.
-					found, l = false, Lookup{Gen: l.Gen}
-				}
-			default:
-			}
-			if found {
-				early.noFill.Store(true)
-				rt.c.EarlyReadsUnused.Add(1)
-			}
-		}
-		rt.early.observe(found)
+		rt.early.observe(err == nil && l.Found())
 	}
 	switch {
 	case err == nil && l.Negative:
@@ -320,6 +305,59 @@ func (rt *ReadThrough) wait(ctx context.Context, f *flight) (*Record, error) {
 		return f.rec, f.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+}
+
+// getBeside reads key from Redis while the early read f runs, and returns
+// as soon as either can answer: what Redis holds, or (a Lookup that found
+// nothing) nothing, when f answered first, so that the caller takes f's
+// answer. A Redis that answers slowly then costs the caller nothing. The
+// Redis read goes on detached (bounded by RedisTimeout, counted in Wait), so
+// that the early-reads window still learns whether Redis had the key.
+func (rt *ReadThrough) getBeside(ctx context.Context, key string, f *flight) (Lookup, error) {
+	type got struct {
+		l   Lookup
+		err error
+	}
+	redis := make(chan got, 1)
+	rt.reads.Add(1)
+	go func() {
+		defer rt.reads.Done()
+		l, err := rt.get(context.WithoutCancel(ctx), key)
+		found := err == nil && l.Found()
+		if found {
+			select {
+			case <-f.done:
+				if f.err == nil {
+					// The early read answered first, and what Redis
+					// returned may be its own fill: the answer (and the
+					// count) is the read's, as Postgres gave it.
+					found, l = false, Lookup{Gen: l.Gen}
+				}
+			default:
+				f.noFill.Store(true)
+				rt.c.EarlyReadsUnused.Add(1)
+			}
+		}
+		rt.early.observe(found)
+		redis <- got{l, err}
+	}()
+	select {
+	case g := <-redis:
+		return g.l, g.err
+	case <-f.done:
+		if f.err == nil {
+			return Lookup{}, nil
+		}
+		// Postgres failed: what Redis holds may still answer.
+		select {
+		case g := <-redis:
+			return g.l, g.err
+		case <-ctx.Done():
+			return Lookup{}, ctx.Err()
+		}
+	case <-ctx.Done():
+		return Lookup{}, ctx.Err()
 	}
 }
 
