@@ -131,6 +131,9 @@ type flight struct {
 	// noFill: an early read whose key Redis turned out to hold; writing
 	// it again would only make every instance drop its local copy.
 	noFill atomic.Bool
+	// readStart is its Stamp's read start (Unix ms, 0 until taken): an
+	// entry Redis returns with that read start is this read's own fill.
+	readStart atomic.Int64
 }
 
 // Wait waits for the Postgres reads and fills under way to end (each is
@@ -324,20 +327,16 @@ func (rt *ReadThrough) getBeside(ctx context.Context, key string, f *flight) (Lo
 	go func() {
 		defer rt.reads.Done()
 		l, err := rt.get(context.WithoutCancel(ctx), key)
-		found := err == nil && l.Found()
+		// The early read may have answered and filled already: an entry
+		// with its read start is its own, not one Redis held.
+		own := err == nil && l.Found() && l.readStart == f.readStart.Load()
+		found := err == nil && l.Found() && !own
 		if found {
-			select {
-			case <-f.done:
-				if f.err == nil {
-					// The early read answered first, and what Redis
-					// returned may be its own fill: the answer (and the
-					// count) is the read's, as Postgres gave it.
-					found, l = false, Lookup{Gen: l.Gen}
-				}
-			default:
-				f.noFill.Store(true)
-				rt.c.EarlyReadsUnused.Add(1)
-			}
+			f.noFill.Store(true)
+			rt.c.EarlyReadsUnused.Add(1)
+		}
+		if own {
+			l = Lookup{Gen: l.Gen} // the read answers, as Postgres gave it
 		}
 		rt.early.observe(found)
 		redis <- got{l, err}
@@ -405,6 +404,7 @@ func (rt *ReadThrough) read(ctx context.Context, f *flight, token, key string, g
 	// Taken before the read: a write of what it returns is refused if an
 	// invalidation came after this instant (see Redis.SetMany).
 	st := Stamp{ReadStart: time.Now(), Gen: gen}
+	f.readStart.Store(st.ReadStart.UnixMilli())
 	qctx, cancel := context.WithTimeout(ctx, rt.opts.PostgresTimeout)
 	rt.c.PostgresReads.Add(1)
 	rec, err := rt.l2.Lookup(qctx, token)

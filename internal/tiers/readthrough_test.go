@@ -19,9 +19,10 @@ type fakeCache struct {
 	m       map[string]*Record
 	failing bool
 	local   bool
-	seq     atomic.Uint64 // invalidations handled
-	gate    chan struct{} // when non-nil, Get waits for it to close
-	sets    atomic.Int64  // fills
+	seq     atomic.Uint64    // invalidations handled
+	gate    chan struct{}    // when non-nil, Get waits for it to close
+	sets    atomic.Int64     // fills
+	stamps  map[string]int64 // read start (Unix ms) of each fill, as an entry carries it
 }
 
 // Cached: the fake keeps nothing in process memory; every Get is a trip.
@@ -40,14 +41,14 @@ func (f *fakeCache) Get(_ context.Context, key string, _ time.Duration) (Lookup,
 	if f.failing {
 		return Lookup{}, errors.New("redis down")
 	}
-	return Lookup{Record: f.m[key], Local: f.local}, nil
+	return Lookup{Record: f.m[key], Local: f.local, readStart: f.stamps[key]}, nil
 }
 
 func (f *fakeCache) SetNegative(context.Context, string, Stamp) (WriteResult, error) {
 	return Skipped, nil
 }
 
-func (f *fakeCache) Set(_ context.Context, key string, rec *Record, _ Stamp) error {
+func (f *fakeCache) Set(_ context.Context, key string, rec *Record, st Stamp) error {
 	f.sets.Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -55,6 +56,10 @@ func (f *fakeCache) Set(_ context.Context, key string, rec *Record, _ Stamp) err
 		return errors.New("redis down")
 	}
 	f.m[key] = rec
+	if f.stamps == nil {
+		f.stamps = map[string]int64{}
+	}
+	f.stamps[key] = st.ReadStart.UnixMilli()
 	return nil
 }
 
@@ -66,6 +71,7 @@ type fakeTruth struct {
 	err     error
 	queries atomic.Int64
 	gate    chan struct{} // when non-nil, Lookup waits for it to close
+	delay   time.Duration // each query takes this long (in a synctest bubble: on its clock)
 }
 
 func (f *fakeTruth) set(token string, rec *Record) {
@@ -76,12 +82,16 @@ func (f *fakeTruth) set(token string, rec *Record) {
 
 func (f *fakeTruth) Lookup(ctx context.Context, token string) (*Record, error) {
 	f.queries.Add(1)
+	gate := f.gate
+	if f.delay > 0 {
+		time.Sleep(f.delay)
+	}
 	f.mu.Lock()
 	rec := f.rows[token]
 	f.mu.Unlock()
-	if f.gate != nil {
+	if gate != nil {
 		select {
-		case <-f.gate:
+		case <-gate:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -322,7 +332,7 @@ func TestReadThroughEarlyReads(t *testing.T) {
 			"tok3": {ID: "s3", UserID: "u3", ExpiresAt: exp},
 			"tok4": {ID: "s4", UserID: "u4", ExpiresAt: exp},
 			"tok5": {ID: "s5", UserID: "u5", ExpiresAt: exp},
-		}}
+		}, delay: time.Millisecond} // slower than the fake Redis, as Postgres is
 		cache := &fakeCache{m: map[string]*Record{Key(TokenHash("tok2")): inRedis}}
 		rt := newTestReadThrough(cache, truth, nil)
 		ctx := context.Background()
@@ -343,8 +353,8 @@ func TestReadThroughEarlyReads(t *testing.T) {
 			synctest.Wait()
 			close(truth.gate)
 			res = <-done
-			cache.gate, truth.gate = nil, nil
 			rt.Wait()
+			cache.gate, truth.gate = nil, nil
 			return queriesWhileHeld, res
 		}
 
@@ -385,6 +395,8 @@ func TestReadThroughEarlyReads(t *testing.T) {
 			done <- res
 		}()
 		synctest.Wait()
+		time.Sleep(truth.delay) // the query's time passes; Redis is still held
+		synctest.Wait()
 		select {
 		case res := <-done:
 			if res.Source != SourcePostgres || res.Record.ID != "s5" {
@@ -398,10 +410,10 @@ func TestReadThroughEarlyReads(t *testing.T) {
 		cache.mu.Unlock()
 		close(cache.gate)
 		rt.Wait() // the Redis read, detached, returns the fill
+		cache.gate = nil
 		if !filled || c.EarlyReadsUnused.Load() != 1 {
 			t.Errorf("filled %v, unused %d; want filled, 1", filled, c.EarlyReadsUnused.Load())
 		}
-		cache.gate = nil
 		// A window of round trips (with tok3's, tok2's and tok5's) a
 		// quarter of which Redis answers: off again.
 		for i := range earlyWindow - 3 {
