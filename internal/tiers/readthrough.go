@@ -71,8 +71,8 @@ type Counters struct {
 	// under way (Redis slow): the next miss of those tokens reads again.
 	FillsDropped atomic.Int64
 	// EarlyReads counts Postgres reads begun together with the Redis read
-	// (see earlyReads); EarlyReadsUnused those Redis then answered, whose
-	// answer was not needed.
+	// (see earlyReads); EarlyReadsUnused those of a key Redis held (not
+	// written to Redis again; the caller took whichever answered first).
 	EarlyReads       atomic.Int64
 	EarlyReadsUnused atomic.Int64
 	answers          answerCounts // by reason and source, except negative hits (see Answered)
