@@ -99,13 +99,20 @@ func (p *progressLog) Handle(_ context.Context, r slog.Record) error {
 	return nil
 }
 
-func addSessions(t *testing.T, pool *pgxpool.Pool, n int) {
+// poolWithSessions is a pool on a fresh database holding n warmable
+// sessions of one user.
+func poolWithSessions(t *testing.T, n int) *pgxpool.Pool {
 	t.Helper()
 	ctx := t.Context()
+	pool, err := pgxpool.New(ctx, devtest.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
 	if err := schema.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
-	_, err := pool.Exec(ctx, `
+	_, err = pool.Exec(ctx, `
 WITH u AS (
   INSERT INTO platform.users (id, email) VALUES (gen_random_uuid(), 'writers-' || gen_random_uuid() || '@example.test') RETURNING id
 )
@@ -115,18 +122,14 @@ FROM u, generate_series(1, $1) i`, n)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return pool
 }
 
 // A run without pauses writes several batches at once, yet counts and
 // reports them in the rows' order; a run whose writes fail stops, says so,
 // and counts only what was written.
 func TestWritersOverlapInOrder(t *testing.T) {
-	pool, err := pgxpool.New(t.Context(), devtest.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	addSessions(t, pool, 25)
+	pool := poolWithSessions(t, 25)
 
 	for _, tt := range []struct {
 		name     string
@@ -188,12 +191,7 @@ func TestWritersOverlapInOrder(t *testing.T) {
 // A caller who starts a run with StartWatching sees it from its count on:
 // every batch, then the end; one who joins it sees it from where it is.
 func TestStartWatchingSeesEveryBatch(t *testing.T) {
-	pool, err := pgxpool.New(t.Context(), devtest.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	addSessions(t, pool, 25)
+	pool := poolWithSessions(t, 25)
 	cache := &scriptedCache{batchSize: 10, partialDone: make(chan struct{}), gate: make(chan struct{})}
 	w := warm.New(t.Context(), pool, cache, warm.Config{
 		Count: 1000, BatchSize: 10, Window: time.Hour, Timeout: time.Minute, Storage: tiers.TokenStorageHash,
