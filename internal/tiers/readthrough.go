@@ -375,7 +375,8 @@ func (rt *ReadThrough) getBeside(ctx context.Context, key string, f *flight) (Lo
 // round trips find a session warmed but not yet local, or a cold process
 // beside a warm Redis), and at start. Correctness does not depend on it:
 // an early read is a flight like any other, begun after the caller
-// arrived; the caller still takes Redis's answer when Redis has one.
+// arrived, and the caller takes whichever answers first, Redis (what the
+// fence lets it believe) or the read (what Postgres holds).
 type earlyReads struct {
 	on    atomic.Bool
 	trips atomic.Int64 // round trips to Redis
