@@ -131,9 +131,12 @@ type flight struct {
 	// noFill: an early read whose key Redis turned out to hold; writing
 	// it again would only make every instance drop its local copy.
 	noFill atomic.Bool
-	// readStart is its Stamp's read start (Unix ms, 0 until taken): an
-	// entry Redis returns with that read start is this read's own fill.
-	readStart atomic.Int64
+	// verdict, for an early read, is closed once a Redis read beside it
+	// has set noFill or not: the fill waits for it, since Postgres may
+	// answer first (and so what that Redis read finds is never this
+	// read's own fill).
+	verdict     chan struct{}
+	verdictOnce sync.Once
 }
 
 // Wait waits for the Postgres reads and fills under way to end (each is
@@ -173,7 +176,7 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 	switch {
 	case cached:
 	case rt.early.on.Load():
-		early = rt.flight(ctx, token, key, l.Gen, arrived)
+		early = rt.flight(ctx, token, key, l.Gen, arrived, true)
 		rt.c.EarlyReads.Add(1)
 		l, err = rt.getBeside(ctx, key, early)
 	default:
@@ -198,7 +201,7 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 
 	f := early
 	if f == nil {
-		f = rt.flight(ctx, token, key, l.Gen, arrived)
+		f = rt.flight(ctx, token, key, l.Gen, arrived, false)
 	}
 	rec, err := rt.wait(ctx, f)
 	if err != nil {
@@ -284,8 +287,9 @@ func (rt *ReadThrough) get(ctx context.Context, key string) (Lookup, error) {
 // The read and its fill (off the callers' path) run detached from any one
 // caller, bounded by the configured timeouts: a caller who hangs up does
 // not fail the others waiting on the same token. gen is the generation the
-// fill carries (see Stamp).
-func (rt *ReadThrough) flight(ctx context.Context, token, key string, gen int64, arrived uint64) *flight {
+// fill carries (see Stamp). An early read (see earlyReads) fills only once
+// its Redis read has said whether Redis held the key.
+func (rt *ReadThrough) flight(ctx context.Context, token, key string, gen int64, arrived uint64, early bool) *flight {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	f := rt.flights[key]
@@ -294,6 +298,9 @@ func (rt *ReadThrough) flight(ctx context.Context, token, key string, gen int64,
 			rt.c.Rereads.Add(1)
 		}
 		f = &flight{seq: rt.l1.Seq(), done: make(chan struct{})}
+		if early {
+			f.verdict = make(chan struct{})
+		}
 		rt.flights[key] = f
 		rt.reads.Add(1)
 		go rt.read(context.WithoutCancel(ctx), f, token, key, gen)
@@ -327,16 +334,13 @@ func (rt *ReadThrough) getBeside(ctx context.Context, key string, f *flight) (Lo
 	go func() {
 		defer rt.reads.Done()
 		l, err := rt.get(context.WithoutCancel(ctx), key)
-		// The early read may have answered and filled already: an entry
-		// with its read start is its own, not one Redis held.
-		own := err == nil && l.Found() && l.readStart == f.readStart.Load()
-		found := err == nil && l.Found() && !own
+		found := err == nil && l.Found()
 		if found {
 			f.noFill.Store(true)
 			rt.c.EarlyReadsUnused.Add(1)
 		}
-		if own {
-			l = Lookup{Gen: l.Gen} // the read answers, as Postgres gave it
+		if f.verdict != nil {
+			f.verdictOnce.Do(func() { close(f.verdict) })
 		}
 		rt.early.observe(found)
 		redis <- got{l, err}
@@ -405,7 +409,6 @@ func (rt *ReadThrough) read(ctx context.Context, f *flight, token, key string, g
 	// Taken before the read: a write of what it returns is refused if an
 	// invalidation came after this instant (see Redis.SetMany).
 	st := Stamp{ReadStart: time.Now(), Gen: gen}
-	f.readStart.Store(st.ReadStart.UnixMilli())
 	qctx, cancel := context.WithTimeout(ctx, rt.opts.PostgresTimeout)
 	rt.c.PostgresReads.Add(1)
 	rec, err := rt.l2.Lookup(qctx, token)
@@ -422,6 +425,9 @@ func (rt *ReadThrough) read(ctx context.Context, f *flight, token, key string, g
 		return
 	}
 	close(f.done) // the callers have their answer
+	if f.verdict != nil {
+		<-f.verdict // bounded: the Redis read beside it honours RedisTimeout
+	}
 	if f.noFill.Load() {
 		return
 	}
