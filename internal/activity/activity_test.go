@@ -39,11 +39,7 @@ func sessionID(i int) string { return fmt.Sprintf("10000000-0000-4000-8000-%012d
 func newDB(t *testing.T) *pgxpool.Pool {
 	t.Helper()
 	ctx := t.Context()
-	pool, err := pgxpool.New(ctx, devtest.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := devtest.Pool(t)
 	if err := schema.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}

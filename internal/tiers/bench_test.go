@@ -36,22 +36,7 @@ func (nopTruth) Lookup(context.Context, string) (*Record, error) { return nil, n
 // BenchmarkReadThroughLocalHit is the hot path below gRPC: a session answered
 // from rueidis's client-side cache of a real Redis, rule included.
 func BenchmarkReadThroughLocalHit(b *testing.B) {
-	url := devtestRedisURL(b)
-	opt, err := ClientOption(url, RedisOptions{LocalCache: true, LocalCacheBytes: 1 << 20}, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	r, err := ConnectRedis(b.Context(), url, RedisOptions{TTL: time.Minute, LocalCache: true, LocalCacheBytes: opt.CacheSizeEachConn}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(r.Close)
-	runFence(b, r)
-	for !r.Fence().Trusted() { // the first verification bumps the generation
-		if err := r.Fence().Verify(b.Context()); err != nil {
-			b.Fatal(err)
-		}
-	}
+	r := trustedRedis(b, devtestRedisURL(b))
 	tok := "3f2c9b1e8d7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e"
 	now := time.Now()
 	s := func(v string) *string { return &v }

@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/sessiond/sessiond/internal/devstack/devtest"
 	"github.com/sessiond/sessiond/internal/schema"
 )
@@ -18,11 +16,7 @@ import (
 // entry keeps its own read start, not rewritten by the early read).
 func TestEarlyReadsAgainstRealServers(t *testing.T) {
 	ctx := t.Context()
-	pool, err := pgxpool.New(ctx, devtest.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := devtest.Pool(t)
 	if err := schema.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
@@ -41,17 +35,7 @@ func TestEarlyReadsAgainstRealServers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r, err := ConnectRedis(ctx, devtestRedisURL(t), RedisOptions{TTL: time.Minute, LocalCache: true, LocalCacheBytes: 1 << 20, Fence: testFenceOptions()}, discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.Close)
-	runFence(t, r)
-	for !r.Fence().Trusted() {
-		if err := r.Fence().Verify(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	r := trustedRedis(t, devtestRedisURL(t))
 	pg := NewPostgres(pool, TokenStorageHash)
 	rt := NewReadThrough(r, pg, ReadThroughOptions{RedisTimeout: time.Second, PostgresTimeout: 5 * time.Second}, discard)
 	t.Cleanup(rt.Wait)

@@ -332,19 +332,8 @@ func devtestRedisURL(tb testing.TB) string { return devtest.RedisURL(tb) }
 // Cached answers what the process holds, and for anything else gives the
 // generation a Postgres read begun before the round trip must carry.
 func TestCachedAnswersOnlyFromProcessMemory(t *testing.T) {
-	url := devtestRedisURL(t)
 	ctx := t.Context()
-	r, err := ConnectRedis(ctx, url, RedisOptions{TTL: time.Minute, LocalCache: true, LocalCacheBytes: 1 << 20, Fence: testFenceOptions()}, discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.Close)
-	runFence(t, r)
-	for !r.Fence().Trusted() {
-		if err := r.Fence().Verify(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	r := trustedRedis(t, devtestRedisURL(t))
 	gen, err := r.Gen(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -373,4 +362,22 @@ func TestCachedAnswersOnlyFromProcessMemory(t *testing.T) {
 	if l, ok := r.Cached(ctx, k("unknown")); ok || l.Gen != gen || l.Found() {
 		t.Errorf("unknown: Cached = %+v, %v; want not ok with generation %d", l, ok, gen)
 	}
+}
+
+// trustedRedis is the L1 tier on url as the server builds it (client-side
+// cache and memo, its fence running), once its fence trusts the cache.
+func trustedRedis(t testing.TB, url string) *Redis {
+	t.Helper()
+	r, err := ConnectRedis(t.Context(), url, RedisOptions{TTL: time.Minute, LocalCache: true, LocalCacheBytes: 1 << 20, Fence: testFenceOptions()}, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	runFence(t, r)
+	for !r.Fence().Trusted() { // the first verification bumps the generation
+		if err := r.Fence().Verify(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r
 }

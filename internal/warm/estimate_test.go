@@ -65,11 +65,7 @@ func (t *countedTx) Rollback(ctx context.Context) error {
 func newEstimating(t *testing.T, ttl time.Duration) (*Warmer, *countingDB) {
 	t.Helper()
 	ctx := t.Context()
-	pool, err := pgxpool.New(ctx, devtest.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := devtest.Pool(t)
 	if err := schema.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}

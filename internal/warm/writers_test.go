@@ -104,15 +104,11 @@ func (p *progressLog) Handle(_ context.Context, r slog.Record) error {
 func poolWithSessions(t *testing.T, n int) *pgxpool.Pool {
 	t.Helper()
 	ctx := t.Context()
-	pool, err := pgxpool.New(ctx, devtest.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := devtest.Pool(t)
 	if err := schema.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
-	_, err = pool.Exec(ctx, `
+	_, err := pool.Exec(ctx, `
 WITH u AS (
   INSERT INTO platform.users (id, email) VALUES (gen_random_uuid(), 'writers-' || gen_random_uuid() || '@example.test') RETURNING id
 )

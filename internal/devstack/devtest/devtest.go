@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 	"github.com/sessiond/sessiond/internal/devstack"
 )
@@ -62,6 +63,18 @@ func Main(m *testing.M) {
 		}
 	}
 	os.Exit(code)
+}
+
+// Pool returns a pool on a fresh database (see Database), closed when t
+// ends, before the database is dropped.
+func Pool(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), Database(t))
+	if err != nil {
+		t.Fatalf("devtest: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }
 
 // Database creates a database with a unique name and returns its URL, and drops it when t ends. The database
