@@ -227,8 +227,14 @@ also "warm", "flood" and "coldstart".`, stderr)
 	plotPath := fs.String("plot", "", "write hit rate and p99 per second of each scenario's first mode to this PNG")
 	scenariosS := fs.String("scenarios", "", "comma-separated scenarios to run (empty: all): "+strings.Join(Scenarios, ", "))
 	runs := fs.Int("runs", 3, "rounds of every scenario and mode, interleaved; the table shows their medians")
+	profDir := fs.String("cpuprofile-dir", "", "write a CPU profile of each scenario, mode and run (load generator and the in-process servers, one process) to this directory")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *profDir != "" {
+		if err := os.MkdirAll(*profDir, 0o755); err != nil {
+			return err
+		}
 	}
 	if *runs < 1 {
 		return fmt.Errorf("--runs %d: want at least 1", *runs)
@@ -248,7 +254,7 @@ also "warm", "flood" and "coldstart".`, stderr)
 	rep, err := Compare(ctx, CompareOptions{
 		DatabaseURL: *dbURL, RedisURL: *redisURL, Users: *users, Sessions: *sessions, Seed: *s,
 		Duration: *dur, Concurrency: *conc, Rate: *rate, Conns: *conns, PoolSize: *pool, Mix: mix, Timeout: *timeout,
-		Log: log, Progress: stderr, Scenarios: scenarios, Runs: *runs,
+		Log: log, Progress: stderr, Scenarios: scenarios, Runs: *runs, ProfileDir: *profDir,
 	})
 	if err != nil && len(rep.Results) == 0 {
 		return err

@@ -5,7 +5,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/sessiond/sessiond/internal/devstack"
@@ -49,6 +53,10 @@ type CompareOptions struct {
 	// Medians are what comparisons use.
 	Runs     int
 	DevStack devstack.PostgresOptions
+	// ProfileDir, if set, receives a CPU profile of this process (load
+	// generator and the in-process servers together) for every measured
+	// scenario, mode and run: <scenario>-<mode>-run<N>.pprof.
+	ProfileDir string
 }
 
 // CompareReport is what Compare measured.
@@ -154,7 +162,9 @@ func Compare(ctx context.Context, o CompareOptions) (rep CompareReport, err erro
 				// for each mode and run, so that one's unknown tokens are not
 				// negatively cached by the last.
 				m.Seed = uint64(o.Seed)<<32 + uint64(run-1)*100_000_000 + uint64(i+1)*1_000_000
-				res, err := measure(ctx, t, rank, o.Mix, m, o.Conns)
+				res, err := profiled(o.ProfileDir, fmt.Sprintf("%s-%s-run%d", sc.name, m.Mode(), run), func() (Result, error) {
+					return measure(ctx, t, rank, o.Mix, m, o.Conns)
+				})
 				res.Scenario, res.Run = sc.name, run
 				if err != nil {
 					t.stop()
@@ -256,6 +266,31 @@ func median(vs []float64) float64 {
 		return vs[n/2]
 	}
 	return (vs[n/2-1] + vs[n/2]) / 2
+}
+
+// profiled runs f under a CPU profile written to dir/<name>.pprof (name
+// made a file name), or just runs it when dir is "".
+func profiled(dir, name string, f func() (Result, error)) (Result, error) {
+	if dir == "" {
+		return f()
+	}
+	name = strings.Map(func(r rune) rune {
+		if r == ' ' || r == '/' || r == '=' || r == ',' {
+			return '_'
+		}
+		return r
+	}, name)
+	file, err := os.Create(filepath.Join(dir, name+".pprof"))
+	if err != nil {
+		return Result{}, err
+	}
+	defer file.Close()
+	if err := pprof.StartCPUProfile(file); err != nil {
+		return Result{}, err
+	}
+	res, err := f()
+	pprof.StopCPUProfile()
+	return res, err
 }
 
 // measure runs m against t over min(conns, callers) fresh connections and
