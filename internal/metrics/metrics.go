@@ -88,8 +88,8 @@ func Register(reg prometheus.Registerer, src Source) error {
 	m.counter("distrusted_reads_total", "Validations that went to Postgres because the fence could not vouch for the cache.", c.Distrusted.Load)
 	m.counter("reread_total", "Callers who did not share a Postgres read under way because an invalidation was handled after it began.", c.Rereads.Load)
 	m.counter("fills_dropped_total", "Cache fills not made because too many were under way (Redis slow).", c.FillsDropped.Load)
-	m.counter("postgres_early_reads_total", "Postgres reads begun together with the Redis read of a miss, while Redis rarely holds what this instance does not.", c.EarlyReads.Load)
-	m.counter("postgres_early_reads_unused_total", "Early Postgres reads of a key Redis turned out to hold (not written to Redis again).", c.EarlyReadsUnused.Load)
+	m.counter("postgres_early_reads_total", "Misses read from Postgres without asking Redis first, while Redis rarely holds what this instance does not.", c.EarlyReads.Load)
+	m.counter("postgres_early_reads_unused_total", "Early Postgres reads of a key Redis turned out to hold (its fill left Redis's entry as it was).", c.EarlyReadsUnused.Load)
 
 	for _, o := range []warm.Outcome{warm.Completed, warm.TimedOut, warm.Canceled, warm.Failed} {
 		m.counter("warm_runs_total", "Warming runs ended, by outcome.", func() int64 { return src.WarmTotals().Runs[o] }, "outcome", o.String())

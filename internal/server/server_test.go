@@ -589,7 +589,7 @@ func TestEntryFromRowIsHitByRawToken(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := l1.Set(t.Context(), tiers.RowKey(stored, storage), rec, tiers.Stamp{ReadStart: time.Now(), Gen: gen}); err != nil {
+			if _, err := l1.Set(t.Context(), tiers.RowKey(stored, storage), rec, tiers.Stamp{ReadStart: time.Now(), Gen: gen}); err != nil {
 				t.Fatal(err)
 			}
 

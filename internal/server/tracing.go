@@ -169,13 +169,13 @@ func (c observedCache) Get(ctx context.Context, key string, timeout time.Duratio
 	return l, err
 }
 
-func (c observedCache) Set(ctx context.Context, key string, rec *tiers.Record, st tiers.Stamp) error {
+func (c observedCache) Set(ctx context.Context, key string, rec *tiers.Record, st tiers.Stamp) (tiers.WriteResult, error) {
 	ctx, span := c.start(ctx, "set")
 	start := time.Now()
-	err := c.Redis.Set(ctx, key, rec, st)
+	res, err := c.Redis.Set(ctx, key, rec, st)
 	c.l.RedisSet.Observe(time.Since(start).Seconds())
 	end(span, err)
-	return err
+	return res, err
 }
 
 func (c observedCache) SetNegative(ctx context.Context, key string, st tiers.Stamp) (tiers.WriteResult, error) {

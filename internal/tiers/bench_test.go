@@ -46,7 +46,7 @@ func BenchmarkReadThroughLocalHit(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := r.Set(b.Context(), Key(TokenHash(tok)), rec, Stamp{ReadStart: now, Gen: gen}); err != nil {
+	if _, err := r.Set(b.Context(), Key(TokenHash(tok)), rec, Stamp{ReadStart: now, Gen: gen}); err != nil {
 		b.Fatal(err)
 	}
 	rt := NewReadThrough(r, nopTruth{}, ReadThroughOptions{RedisTimeout: time.Second, PostgresTimeout: time.Second}, slog.New(slog.NewTextHandler(io.Discard, nil)))

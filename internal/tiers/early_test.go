@@ -51,7 +51,7 @@ func TestEarlyReadsAgainstRealServers(t *testing.T) {
 		t.Fatal(rec, err)
 	}
 	readAt := time.Now().Add(-time.Second).Truncate(time.Millisecond)
-	if err := r.Set(ctx, TokenKey(held), rec, Stamp{ReadStart: readAt, Gen: gen}); err != nil {
+	if _, err := r.Set(ctx, TokenKey(held), rec, Stamp{ReadStart: readAt, Gen: gen}); err != nil {
 		t.Fatal(err)
 	}
 

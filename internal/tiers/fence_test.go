@@ -93,7 +93,7 @@ func TestFenceDetectsRedisDataLoss(t *testing.T) {
 			return err
 		})
 		rec := &Record{ID: "s-" + key, UserID: user, ExpiresAt: time.Now().Add(time.Hour), Email: "e"}
-		if err := r.Set(ctx, key, rec, Stamp{ReadStart: time.Now(), Gen: g}); err != nil {
+		if _, err := r.Set(ctx, key, rec, Stamp{ReadStart: time.Now(), Gen: g}); err != nil {
 			t.Fatal(err)
 		}
 		devtest.Eventually(t, 5*time.Second, func() error {

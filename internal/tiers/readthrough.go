@@ -22,7 +22,7 @@ type l1 interface {
 	Cached(ctx context.Context, key string) (l Lookup, ok bool)
 	// Get reads key; timeout bounds what waits for Redis.
 	Get(ctx context.Context, key string, timeout time.Duration) (Lookup, error)
-	Set(ctx context.Context, key string, rec *Record, st Stamp) error
+	Set(ctx context.Context, key string, rec *Record, st Stamp) (WriteResult, error)
 	SetNegative(ctx context.Context, key string, st Stamp) (WriteResult, error)
 }
 
@@ -70,9 +70,9 @@ type Counters struct {
 	// FillsDropped counts fills not made because maxFills were already
 	// under way (Redis slow): the next miss of those tokens reads again.
 	FillsDropped atomic.Int64
-	// EarlyReads counts Postgres reads begun together with the Redis read
-	// (see earlyReads); EarlyReadsUnused those of a key Redis held (not
-	// written to Redis again; the caller took whichever answered first).
+	// EarlyReads counts misses read from Postgres without asking Redis
+	// first (see earlyReads); EarlyReadsUnused those of a key Redis turned
+	// out to hold (its fill found it there and left it as it was).
 	EarlyReads       atomic.Int64
 	EarlyReadsUnused atomic.Int64
 	answers          answerCounts // by reason and source, except negative hits (see Answered)
@@ -128,15 +128,11 @@ type flight struct {
 	done chan struct{} // closed when rec and err are set
 	rec  *Record
 	err  error
-	// noFill: an early read whose key Redis turned out to hold; writing
-	// it again would only make every instance drop its local copy.
-	noFill atomic.Bool
-	// verdict, for an early read, is closed once a Redis read beside it
-	// has set noFill or not: the fill waits for it, since Postgres may
-	// answer first (and so what that Redis read finds is never this
-	// read's own fill).
-	verdict     chan struct{}
-	verdictOnce sync.Once
+	// early: begun without asking Redis (see earlyReads). Its fill leaves
+	// an entry Redis already holds in the current generation as it is
+	// (rewriting it would only make every instance drop its local copy),
+	// and tells the early-reads window whether Redis held the key.
+	early bool
 }
 
 // Wait waits for the Postgres reads and fills under way to end (each is
@@ -176,9 +172,9 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 	switch {
 	case cached:
 	case rt.early.on.Load():
+		// Postgres alone: l is Cached's "not known here".
 		early = rt.flight(ctx, token, key, l.Gen, arrived, true)
 		rt.c.EarlyReads.Add(1)
-		l, err = rt.getBeside(ctx, key, early)
 	default:
 		l, err = rt.get(ctx, key)
 		rt.early.observe(err == nil && l.Found())
@@ -205,14 +201,22 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 	}
 	rec, err := rt.wait(ctx, f)
 	if err != nil {
-		// When Postgres fails, the listener usually learns why within
-		// milliseconds: Postgres refuses connections (nothing can be
-		// revoked, so the cache is believed again, see
-		// ListenerPostgresDown), or it hears again. Wait a little for the
-		// fence to trust the cache before failing the caller.
-		if l.Distrusted && errors.Is(err, ErrUnavailable) && rt.l1.AwaitTrust(ctx, trustWait) {
-			if again, gerr := rt.get(ctx, key); gerr == nil && !again.Distrusted && again.Record != nil {
-				return rt.hit(again), nil
+		// When Postgres fails, Redis may still answer: an early read never
+		// asked it. And when the cache was distrusted, the listener
+		// usually learns why within milliseconds: Postgres refuses
+		// connections (nothing can be revoked, so the cache is believed
+		// again, see ListenerPostgresDown), or it hears again. Wait a
+		// little for the fence to trust the cache before failing the
+		// caller.
+		if errors.Is(err, ErrUnavailable) && (early != nil || l.Distrusted && rt.l1.AwaitTrust(ctx, trustWait)) {
+			if again, gerr := rt.get(ctx, key); gerr == nil && !again.Distrusted {
+				switch {
+				case again.Record != nil:
+					return rt.hit(again), nil
+				case again.Negative:
+					rt.c.NegativeHits.Add(1)
+					return Result{Reason: ReasonNotFound, Source: source(again.Local)}, nil
+				}
 			}
 		}
 		return Result{}, err
@@ -287,8 +291,8 @@ func (rt *ReadThrough) get(ctx context.Context, key string) (Lookup, error) {
 // The read and its fill (off the callers' path) run detached from any one
 // caller, bounded by the configured timeouts: a caller who hangs up does
 // not fail the others waiting on the same token. gen is the generation the
-// fill carries (see Stamp). An early read (see earlyReads) fills only once
-// its Redis read has said whether Redis held the key.
+// fill carries (see Stamp). An early read (see earlyReads) is one begun
+// without asking Redis first: see flight.early.
 func (rt *ReadThrough) flight(ctx context.Context, token, key string, gen int64, arrived uint64, early bool) *flight {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
@@ -297,10 +301,7 @@ func (rt *ReadThrough) flight(ctx context.Context, token, key string, gen int64,
 		if f != nil {
 			rt.c.Rereads.Add(1)
 		}
-		f = &flight{seq: rt.l1.Seq(), done: make(chan struct{})}
-		if early {
-			f.verdict = make(chan struct{})
-		}
+		f = &flight{seq: rt.l1.Seq(), done: make(chan struct{}), early: early}
 		rt.flights[key] = f
 		rt.reads.Add(1)
 		go rt.read(context.WithoutCancel(ctx), f, token, key, gen)
@@ -318,69 +319,25 @@ func (rt *ReadThrough) wait(ctx context.Context, f *flight) (*Record, error) {
 	}
 }
 
-// getBeside reads key from Redis while the early read f runs, and returns
-// as soon as either can answer: what Redis holds, or (a Lookup that found
-// nothing) nothing, when f answered first, so that the caller takes f's
-// answer. A Redis that answers slowly then costs the caller nothing. The
-// Redis read goes on detached (bounded by RedisTimeout, counted in Wait), so
-// that the early-reads window still learns whether Redis had the key.
-func (rt *ReadThrough) getBeside(ctx context.Context, key string, f *flight) (Lookup, error) {
-	type got struct {
-		l   Lookup
-		err error
-	}
-	redis := make(chan got, 1)
-	rt.reads.Add(1)
-	go func() {
-		defer rt.reads.Done()
-		l, err := rt.get(context.WithoutCancel(ctx), key)
-		found := err == nil && l.Found()
-		if found {
-			f.noFill.Store(true)
-			rt.c.EarlyReadsUnused.Add(1)
-		}
-		if f.verdict != nil {
-			f.verdictOnce.Do(func() { close(f.verdict) })
-		}
-		rt.early.observe(found)
-		redis <- got{l, err}
-	}()
-	select {
-	case g := <-redis:
-		return g.l, g.err
-	case <-f.done:
-		if f.err == nil {
-			return Lookup{}, nil
-		}
-		// Postgres failed: what Redis holds may still answer.
-		select {
-		case g := <-redis:
-			return g.l, g.err
-		case <-ctx.Done():
-			return Lookup{}, ctx.Err()
-		}
-	case <-ctx.Done():
-		return Lookup{}, ctx.Err()
-	}
-}
-
-// earlyReads decides whether a miss's Postgres read begins together with
-// its Redis read instead of after it. A Redis round trip is a good part of
-// a miss (0.13 ms on loopback on the machines of docs/performance.md,
-// against 0.45 ms for the query), and when Redis rarely holds what the
-// process does not, waiting for it first only adds that round trip. But an
-// early read of a key Redis holds is a Postgres query spent for nothing,
-// and Postgres is the tier that must stay lightly loaded. So early reads
-// are on while fewer than one in earlyFound of the last earlyWindow round
-// trips found their key in Redis (a flood of unknown tokens, a cold or
-// flushed Redis, a wave of new logins): they then cost at most one query
-// in seven more than the misses need. They are off while Redis answers
-// more often (the default mix of docs/performance.md, where a third of the
-// round trips find a session warmed but not yet local, or a cold process
-// beside a warm Redis), and at start. Correctness does not depend on it:
-// an early read is a flight like any other, begun after the caller
-// arrived, and the caller takes whichever answers first, Redis (what the
-// fence lets it believe) or the read (what Postgres holds).
+// earlyReads decides whether a miss asks Postgres alone, without the
+// Redis read before it. A Redis round trip is a good part of a miss (0.13
+// ms on loopback on the machines of docs/performance.md, against 0.45 ms
+// for the query, and at many callers a good part of the process's CPU),
+// and when Redis rarely holds what the process does not, asking it first
+// only adds that round trip. But an early read of a key Redis holds is a
+// Postgres query spent for nothing, and Postgres is the tier that must stay
+// lightly loaded. So early reads are on while fewer than one in earlyFound
+// of the last earlyWindow round trips found their key in Redis (a flood of
+// unknown tokens, a cold or flushed Redis, a wave of new logins): they then
+// cost at most one query in seven more than the misses need. They are off
+// while Redis answers more often (the default mix of docs/performance.md,
+// where a third of the round trips find a session warmed but not yet
+// local, or a cold process beside a warm Redis), and at start. An early
+// read's round trip to Redis is its fill, which leaves what Redis already
+// holds as it is and so says whether Redis held the key. Correctness does
+// not depend on any of it: an early read is a flight like any other, begun
+// after the caller arrived, and what Postgres holds is the truth; only when
+// Postgres fails does the caller ask Redis (what the fence lets it believe).
 type earlyReads struct {
 	on    atomic.Bool
 	trips atomic.Int64 // round trips to Redis
@@ -425,19 +382,22 @@ func (rt *ReadThrough) read(ctx context.Context, f *flight, token, key string, g
 		return
 	}
 	close(f.done) // the callers have their answer
-	if f.verdict != nil {
-		<-f.verdict // bounded: the Redis read beside it honours RedisTimeout
-	}
-	if f.noFill.Load() {
-		return
-	}
 	if rt.fills.Add(1) > maxFills {
 		rt.fills.Add(-1)
 		rt.c.FillsDropped.Add(1)
 		return
 	}
-	rt.fill(ctx, key, rec, st)
+	st.KeepCached = f.early
+	res := rt.fill(ctx, key, rec, st)
 	rt.fills.Add(-1)
+	if f.early && res != Failed {
+		// The fill is the early read's round trip to Redis: it found the
+		// key there (Kept) or not.
+		if res == Kept {
+			rt.c.EarlyReadsUnused.Add(1)
+		}
+		rt.early.observe(res == Kept)
+	}
 }
 
 // forget makes f unfindable, unless a newer flight already replaced it.
@@ -450,21 +410,24 @@ func (rt *ReadThrough) forget(key string, f *flight) {
 }
 
 // fill caches what Postgres said: the session, or (when negative caching is
-// on) that there is none.
-func (rt *ReadThrough) fill(ctx context.Context, key string, rec *Record, st Stamp) {
+// on) that there is none; Failed also when there is nothing to write.
+func (rt *ReadThrough) fill(ctx context.Context, key string, rec *Record, st Stamp) WriteResult {
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rt.opts.RedisTimeout)
 	defer cancel()
+	var res WriteResult
 	var err error
 	switch {
 	case rec != nil:
-		err = rt.l1.Set(wctx, key, rec, st)
+		res, err = rt.l1.Set(wctx, key, rec, st)
 	case rt.opts.Negative:
-		_, err = rt.l1.SetNegative(wctx, key, st)
+		res, err = rt.l1.SetNegative(wctx, key, st)
 	default:
-		return
+		return Failed
 	}
 	if err != nil {
 		rt.c.Errors.Add(1)
 		rt.log.Debug("redis fill failed", "key", key, "error", err)
+		return Failed
 	}
+	return res
 }

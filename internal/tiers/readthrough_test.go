@@ -21,7 +21,7 @@ type fakeCache struct {
 	local   bool
 	seq     atomic.Uint64 // invalidations handled
 	gate    chan struct{} // when non-nil, Get waits for it to close
-	sets    atomic.Int64  // fills
+	sets    atomic.Int64  // fills written
 }
 
 // Cached: the fake keeps nothing in process memory; every Get is a trip.
@@ -43,19 +43,29 @@ func (f *fakeCache) Get(_ context.Context, key string, _ time.Duration) (Lookup,
 	return Lookup{Record: f.m[key], Local: f.local}, nil
 }
 
+// get is what the fake holds under key.
+func (f *fakeCache) get(key string) *Record {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.m[key]
+}
+
 func (f *fakeCache) SetNegative(context.Context, string, Stamp) (WriteResult, error) {
 	return Skipped, nil
 }
 
-func (f *fakeCache) Set(_ context.Context, key string, rec *Record, _ Stamp) error {
-	f.sets.Add(1)
+func (f *fakeCache) Set(_ context.Context, key string, rec *Record, st Stamp) (WriteResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.failing {
-		return errors.New("redis down")
+		return Failed, errors.New("redis down")
 	}
+	if _, ok := f.m[key]; ok && st.KeepCached {
+		return Kept, nil
+	}
+	f.sets.Add(1)
 	f.m[key] = rec
-	return nil
+	return Written, nil
 }
 
 // fakeTruth is an l2 that can hold every query until released. A query
@@ -326,14 +336,46 @@ func TestReadThroughEarlyReads(t *testing.T) {
 			"tok2": {ID: "s2", UserID: "u2", ExpiresAt: exp},
 			"tok3": {ID: "s3", UserID: "u3", ExpiresAt: exp},
 			"tok4": {ID: "s4", UserID: "u4", ExpiresAt: exp},
-			"tok5": {ID: "s5", UserID: "u5", ExpiresAt: exp},
 		}, delay: time.Millisecond} // slower than the fake Redis, as Postgres is
 		cache := &fakeCache{m: map[string]*Record{Key(TokenHash("tok2")): inRedis}}
 		rt := newTestReadThrough(cache, truth, nil)
 		ctx := context.Background()
-		validateHeld := func(tok string) (queriesWhileHeld int64, res Result) {
-			cache.gate, truth.gate = make(chan struct{}), make(chan struct{})
-			before := truth.queries.Load()
+		c := rt.Counters()
+
+		// Off at start: Postgres is asked only once Redis has missed.
+		cache.gate, truth.gate = make(chan struct{}), make(chan struct{})
+		done := make(chan Result, 1)
+		go func() {
+			res, err := rt.Validate(ctx, "tok1")
+			if err != nil {
+				t.Error(err)
+			}
+			done <- res
+		}()
+		synctest.Wait()
+		if q := truth.queries.Load(); q != 0 {
+			t.Fatalf("at start: %d queries while Redis was asked; want 0", q)
+		}
+		close(cache.gate)
+		synctest.Wait()
+		close(truth.gate)
+		if res := <-done; res.Source != SourcePostgres {
+			t.Fatalf("at start: source %v, want postgres", res.Source)
+		}
+		rt.Wait()
+		cache.gate, truth.gate = nil, nil
+		for i := range earlyWindow - 1 { // with tok1's, a window of round trips
+			if _, err := rt.Validate(ctx, fmt.Sprintf("unknown%d", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+
+		// Redis missed a whole window: on. A miss asks Postgres alone (Redis
+		// is held and never answers), then fills.
+		early := func(tok string) Result {
+			t.Helper()
+			cache.gate = make(chan struct{})
+			defer func() { close(cache.gate); cache.gate = nil }()
 			done := make(chan Result, 1)
 			go func() {
 				res, err := rt.Validate(ctx, tok)
@@ -342,94 +384,81 @@ func TestReadThroughEarlyReads(t *testing.T) {
 				}
 				done <- res
 			}()
-			synctest.Wait() // the caller waits on Redis (and its early read on Postgres)
-			queriesWhileHeld = truth.queries.Load() - before
-			close(cache.gate) // Redis answers first
 			synctest.Wait()
-			close(truth.gate)
-			res = <-done
-			rt.Wait()
-			cache.gate, truth.gate = nil, nil
-			return queriesWhileHeld, res
-		}
-
-		// Off at start: Postgres is asked only once Redis has missed.
-		if q, res := validateHeld("tok1"); q != 0 || res.Source != SourcePostgres {
-			t.Fatalf("at start: %d queries while Redis was asked, source %v; want 0, postgres", q, res.Source)
-		}
-		for i := range earlyWindow - 1 { // with tok1's, a window of round trips
-			if _, err := rt.Validate(ctx, fmt.Sprintf("unknown%d", i)); err != nil {
-				t.Fatal(err)
+			time.Sleep(truth.delay) // the query's time passes; Redis is still held
+			synctest.Wait()
+			select {
+			case res := <-done:
+				rt.Wait() // the fill
+				return res
+			default:
+				t.Fatalf("%s: the caller waits on Redis, though early reads are on", tok)
+				return Result{}
 			}
 		}
-		// Redis missed a whole window: on.
-		if q, res := validateHeld("tok3"); q != 1 || res.Source != SourcePostgres || res.Record.ID != "s3" {
-			t.Fatalf("after a window of misses: %d queries while Redis was asked, %+v; want 1, s3 from postgres", q, res)
+		if res := early("tok3"); res.Source != SourcePostgres || res.Record.ID != "s3" {
+			t.Fatalf("after a window of misses: %+v; want s3 from postgres", res)
 		}
+		if cache.get(Key(TokenHash("tok3"))) == nil {
+			t.Error("the early read did not fill")
+		}
+		// An early read of a key Redis holds: Postgres's answer, and the
+		// fill leaves Redis's entry as it is.
 		sets := cache.sets.Load()
-		if q, res := validateHeld("tok2"); q != 1 || res.Source != SourceRedis || res.Record != inRedis {
-			t.Fatalf("early read of a key Redis holds: %d queries, %+v; want 1 and Redis's answer", q, res)
+		if res := early("tok2"); res.Source != SourcePostgres || res.Record == inRedis || res.Record.ID != "s2" {
+			t.Fatalf("early read of a key Redis holds: %+v; want s2 from postgres", res)
 		}
-		if cache.sets.Load() != sets {
-			t.Error("an early read whose key Redis held filled it again")
+		if cache.sets.Load() != sets || cache.get(Key(TokenHash("tok2"))) != inRedis {
+			t.Error("an early read whose key Redis held wrote it again")
 		}
-		c := rt.Counters()
-		if c.EarlyReads.Load() != 2 || c.EarlyReadsUnused.Load() != 1 {
-			t.Errorf("early reads %d, unused %d; want 2 and 1", c.EarlyReads.Load(), c.EarlyReadsUnused.Load())
+		// Postgres fails: the caller asks Redis after all.
+		truth.err = fmt.Errorf("%w: down", ErrUnavailable)
+		if res, err := rt.Validate(ctx, "tok2"); err != nil || res.Source != SourceRedis || res.Record != inRedis {
+			t.Fatalf("postgres down, key in Redis: %+v, %v; want Redis's answer", res, err)
 		}
-		// An early read that answers while Redis has not: the caller has
-		// Postgres's answer without waiting for Redis; the fill waits for
-		// Redis's word (which finds nothing: the fill cannot have come
-		// first), then writes.
-		cache.gate = make(chan struct{})
-		done := make(chan Result, 1)
+		if _, err := rt.Validate(ctx, "tok4"); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("postgres down, key not in Redis: %v; want ErrUnavailable", err)
+		}
+		truth.err = nil
+		rt.Wait()
+		if c.EarlyReads.Load() != 4 || c.EarlyReadsUnused.Load() != 1 {
+			t.Errorf("early reads %d, unused %d; want 4 and 1", c.EarlyReads.Load(), c.EarlyReadsUnused.Load())
+		}
+
+		// A window of round trips (with tok3's and tok2's fills; the failed
+		// reads filled nothing) a quarter of which find their key in Redis:
+		// off again.
+		for i := range earlyWindow - 2 {
+			tok := "tok2"
+			if i%4 != 0 {
+				tok = fmt.Sprintf("new%d", i)
+				truth.set(tok, &Record{ID: tok, UserID: "u", ExpiresAt: exp})
+			}
+			if _, err := rt.Validate(ctx, tok); err != nil {
+				t.Fatal(err)
+			}
+			rt.Wait() // its fill, the early read's round trip
+		}
+		if c.EarlyReadsUnused.Load() != 1+(earlyWindow-2+3)/4 {
+			t.Errorf("unused %d, want %d", c.EarlyReadsUnused.Load(), 1+(earlyWindow-2+3)/4)
+		}
+		cache.gate, truth.gate = make(chan struct{}), make(chan struct{})
+		before := truth.queries.Load()
 		go func() {
-			res, err := rt.Validate(ctx, "tok5")
+			res, err := rt.Validate(ctx, "tok4")
 			if err != nil {
 				t.Error(err)
 			}
 			done <- res
 		}()
 		synctest.Wait()
-		time.Sleep(truth.delay) // the query's time passes; Redis is still held
-		synctest.Wait()
-		select {
-		case res := <-done:
-			if res.Source != SourcePostgres || res.Record.ID != "s5" {
-				t.Errorf("read answered before Redis: %+v, want s5 from postgres", res)
-			}
-		default:
-			t.Error("the caller waits on Redis, though the early read has answered")
-		}
-		filled := func() bool {
-			cache.mu.Lock()
-			defer cache.mu.Unlock()
-			_, ok := cache.m[Key(TokenHash("tok5"))]
-			return ok
-		}
-		if filled() {
-			t.Error("the early read filled before its Redis read said whether Redis held the key")
-		}
+		q := truth.queries.Load() - before
 		close(cache.gate)
-		rt.Wait() // the Redis read, detached, then the fill
-		cache.gate = nil
-		if !filled() || c.EarlyReadsUnused.Load() != 1 {
-			t.Errorf("filled %v, unused %d; want filled, 1", filled(), c.EarlyReadsUnused.Load())
-		}
-		// A window of round trips (with tok3's, tok2's and tok5's) a
-		// quarter of which Redis answers: off again.
-		for i := range earlyWindow - 3 {
-			tok := "tok2"
-			if i%4 != 0 {
-				tok = fmt.Sprintf("unknown%d", i)
-			}
-			if _, err := rt.Validate(ctx, tok); err != nil {
-				t.Fatal(err)
-			}
-		}
-		rt.Wait() // the early reads made until the window closed
-		if q, res := validateHeld("tok4"); q != 0 || res.Source != SourcePostgres {
-			t.Fatalf("after a window of a quarter Redis hits: %d queries while Redis was asked, source %v; want 0, postgres", q, res.Source)
+		close(truth.gate)
+		<-done
+		rt.Wait()
+		if q != 0 {
+			t.Errorf("after a window of a quarter Redis hits: %d queries while Redis was asked; want 0", q)
 		}
 	})
 }

@@ -233,7 +233,8 @@ func (r *Redis) Close() {
 // key of another type) fails alone, not its batch.
 //
 // With a generation in ARGV[2], an entry already written in that generation
-// is left as it is (2): a warm that finds Redis warm writes nothing twice.
+// (or a later one: its data is newer) is left as it is (2): a warm that
+// finds Redis warm writes nothing twice.
 //
 // KEYS: per entry (entry, token tombstone, new-session tombstone, or the
 // token tombstone again for a session: a session is not held back by its
@@ -276,7 +277,7 @@ if keep then cur = mget(ek) end
 for i = 1, n do
   local ok, a, b = 1, ts[2 * i - 1], ts[2 * i]
   if (a and tonumber(a) >= limit) or (b and tonumber(b) >= limit) then ok = 0 end
-  if ok == 1 and keep and cur[i] and gen(cur[i]) == keep then ok = 2 end
+  if ok == 1 and keep and cur[i] and gen(cur[i]) >= keep then ok = 2 end
   if ok == 1 then
     local r = redis.pcall('SET', ek[i], ARGV[2 * i + 2], 'PXAT', ARGV[2 * i + 1])
     if type(r) == 'table' and r.err then ok = -1 end
@@ -312,8 +313,9 @@ func (l Lookup) Found() bool { return l.Record != nil || l.Negative }
 type Stamp struct {
 	ReadStart time.Time // before the Postgres read began
 	Gen       int64     // the cache generation before the read began
-	// KeepCached leaves an entry already written in Gen as it is (Kept):
-	// for warming a Redis that other instances keep warm.
+	// KeepCached leaves an entry already written in Gen (or later) as it
+	// is (Kept): for warming a Redis that other instances keep warm, and
+	// for an early read's fill (see ReadThrough).
 	KeepCached bool
 }
 
@@ -613,9 +615,9 @@ const (
 )
 
 // Set caches rec under key; see SetMany.
-func (r *Redis) Set(ctx context.Context, key string, rec *Record, st Stamp) error {
-	_, errs := r.SetMany(ctx, []Entry{{key, rec}}, st)
-	return errs[0]
+func (r *Redis) Set(ctx context.Context, key string, rec *Record, st Stamp) (WriteResult, error) {
+	res, errs := r.SetMany(ctx, []Entry{{key, rec}}, st)
+	return res[0], errs[0]
 }
 
 // SetMany caches each entry, whole, with an absolute expiry of

@@ -61,7 +61,7 @@ func TestRedisRoundTrip(t *testing.T) {
 	bare := &Record{ID: "s1", UserID: "u1", ExpiresAt: now.Add(time.Hour), LastActivityAt: now, CreatedAt: now, Email: "e@x"}
 
 	for _, rec := range []*Record{full, bare} { // bare replaces full: no field may linger
-		if err := r.Set(ctx, k("k"), rec, Stamp{ReadStart: now}); err != nil {
+		if _, err := r.Set(ctx, k("k"), rec, Stamp{ReadStart: now}); err != nil {
 			t.Fatal(err)
 		}
 		got, _, err := getEventually(t, r, k("k"), rec)
@@ -125,6 +125,51 @@ func TestRedisSetManySkipsAndReportsEach(t *testing.T) {
 	}
 	if n, _ := raw.Do(ctx, raw.B().Exists().Key(k("undecidable")).Build()).AsInt64(); n != 0 {
 		t.Error("an undecidable record was cached")
+	}
+}
+
+// KeepCached leaves an entry written in the stamp's generation or a later
+// one as it is (its data is as new or newer), and writes over an older
+// generation's, which no reader believes.
+func TestRedisKeepCached(t *testing.T) {
+	r, raw := newTestRedis(t, false)
+	ctx := t.Context()
+	now := time.Now()
+	rec := &Record{ID: "a", UserID: "u", ExpiresAt: now.Add(time.Hour), Email: "e"}
+	for _, tt := range []struct {
+		name        string
+		held, stamp int64 // generations; held 0: nothing held
+		want        WriteResult
+	}{
+		{"nothing held", 0, 5, Written},
+		{"same generation", 5, 5, Kept},
+		{"later generation held", 6, 5, Kept},
+		{"earlier generation held", 4, 5, Written},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			key := k(tt.name)
+			if tt.held > 0 {
+				if _, err := r.Set(ctx, key, rec, Stamp{ReadStart: now.Add(-time.Second), Gen: tt.held}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			res, err := r.Set(ctx, key, rec, Stamp{ReadStart: now, Gen: tt.stamp, KeepCached: true})
+			if err != nil || res != tt.want {
+				t.Fatalf("%v, %v; want %v", res, err, tt.want)
+			}
+			b, err := raw.Do(ctx, raw.B().Get().Key(key).Build()).AsBytes()
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, _, err := decodeEntry(b)
+			wantGen := tt.stamp
+			if tt.want == Kept {
+				wantGen = tt.held
+			}
+			if err != nil || h.gen != wantGen {
+				t.Errorf("entry of generation %d (%v), want %d", h.gen, err, wantGen)
+			}
+		})
 	}
 }
 
@@ -317,7 +362,7 @@ func TestRedisTimesRoundTrip(t *testing.T) {
 			if err != nil || h.gen != 7 || !equalRecords(got, tt.rec) {
 				t.Errorf("decodeEntry(encodeEntry) = %+v %+v, %v; want %+v", h, got, err, tt.rec)
 			}
-			if err := r.Set(ctx, k("t"), tt.rec, Stamp{ReadStart: time.Now()}); err != nil {
+			if _, err := r.Set(ctx, k("t"), tt.rec, Stamp{ReadStart: time.Now()}); err != nil {
 				t.Fatal(err)
 			}
 			if l, err := r.Get(ctx, k("t"), time.Second); err != nil || !equalRecords(l.Record, tt.rec) {
@@ -340,7 +385,7 @@ func TestCachedAnswersOnlyFromProcessMemory(t *testing.T) {
 	}
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	rec := &Record{ID: "s1", UserID: "u1", ExpiresAt: now.Add(time.Hour), LastActivityAt: now, CreatedAt: now, Email: "e@x"}
-	if err := r.Set(ctx, k("held"), rec, Stamp{ReadStart: now, Gen: gen}); err != nil {
+	if _, err := r.Set(ctx, k("held"), rec, Stamp{ReadStart: now, Gen: gen}); err != nil {
 		t.Fatal(err)
 	}
 	if l, ok := r.Cached(ctx, k("held")); ok {
