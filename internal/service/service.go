@@ -57,15 +57,41 @@ func (s *Service) ValidateSession(ctx context.Context, req *sessiondv1.ValidateS
 // Response is the ValidateSession answer for res: the session only when
 // valid, never the token.
 func Response(res tiers.Result) *sessiondv1.ValidateSessionResponse {
-	resp := &sessiondv1.ValidateSessionResponse{
-		Valid:  res.Valid(),
-		Reason: reasonToProto(res.Reason),
-		Source: sourceToProto(res.Source),
+	if !res.Valid() {
+		return &sessiondv1.ValidateSessionResponse{
+			Reason: reasonToProto(res.Reason),
+			Source: sourceToProto(res.Source),
+		}
 	}
-	if res.Valid() {
-		resp.Session = sessionToProto(res.Record)
+	a := &answer{}
+	a.resp.Valid = true
+	a.resp.Reason = reasonToProto(res.Reason)
+	a.resp.Source = sourceToProto(res.Source)
+	r := res.Record
+	a.session = sessiondv1.Session{
+		Id:             r.ID,
+		UserId:         r.UserID,
+		ExpiresAt:      timestamp(&a.expires, r.ExpiresAt),
+		LastActivityAt: timestamp(&a.active, r.LastActivityAt),
+		CreatedAt:      timestamp(&a.created, r.CreatedAt),
+		IpAddress:      r.IPAddress,
+		UserAgent:      r.UserAgent,
+		Email:          r.Email,
+		FirstName:      r.FirstName,
+		LastName:       r.LastName,
+		Username:       r.Username,
 	}
-	return resp
+	a.resp.Session = &a.session
+	return &a.resp
+}
+
+// answer is a valid answer's messages, allocated together: one allocation
+// per answer instead of five (BenchmarkValidateSessionBufconn counts them).
+// The messages are never copied: the response points into it.
+type answer struct {
+	resp                     sessiondv1.ValidateSessionResponse
+	session                  sessiondv1.Session
+	expires, active, created timestamppb.Timestamp
 }
 
 func (s *Service) logValidation(ctx context.Context, res tiers.Result, d time.Duration) {
@@ -119,22 +145,6 @@ func sourceToProto(s tiers.Source) sessiondv1.Source {
 	return sessiondv1.Source_SOURCE_UNSPECIFIED
 }
 
-func sessionToProto(r *tiers.Record) *sessiondv1.Session {
-	return &sessiondv1.Session{
-		Id:             r.ID,
-		UserId:         r.UserID,
-		ExpiresAt:      timestamp(r.ExpiresAt),
-		LastActivityAt: timestamp(r.LastActivityAt),
-		CreatedAt:      timestamp(r.CreatedAt),
-		IpAddress:      r.IPAddress,
-		UserAgent:      r.UserAgent,
-		Email:          r.Email,
-		FirstName:      r.FirstName,
-		LastName:       r.LastName,
-		Username:       r.Username,
-	}
-}
-
 // The range a protobuf Timestamp may hold (its JSON form, which grpcurl
 // prints, refuses others).
 var (
@@ -142,10 +152,10 @@ var (
 	maxTimestamp = time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)
 )
 
-// timestamp is t as a protobuf Timestamp: nil for NULL (the zero time), and
+// timestamp sets dst to t and returns it: nil for NULL (the zero time), and
 // times outside 0001-9999 (Postgres's 'infinity', a ban until year 20000)
 // clamped to that range's ends.
-func timestamp(t time.Time) *timestamppb.Timestamp {
+func timestamp(dst *timestamppb.Timestamp, t time.Time) *timestamppb.Timestamp {
 	switch {
 	case t.IsZero():
 		return nil
@@ -154,5 +164,6 @@ func timestamp(t time.Time) *timestamppb.Timestamp {
 	case t.After(maxTimestamp):
 		t = maxTimestamp
 	}
-	return timestamppb.New(t)
+	dst.Seconds, dst.Nanos = t.Unix(), int32(t.Nanosecond())
+	return dst
 }

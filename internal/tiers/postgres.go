@@ -112,7 +112,9 @@ func (p *Postgres) Lookup(ctx context.Context, token string) (*Record, error) {
 	defer conn.Release()
 	var rs RowScan
 	err = conn.QueryRow(ctx, lookupSQL, arg).Scan(rs.Dest()...)
-	if staleStatement(err) {
+	// ErrNoRows first: every never-seen token ends here, and errors.As
+	// costs a reflective walk.
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) && staleStatement(err) {
 		// A migration changed a column this statement returns (ALTER
 		// COLUMN ... TYPE, say): this connection's prepared statement no
 		// longer fits, and pgx has just dropped it from its cache. Asked
