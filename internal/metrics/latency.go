@@ -15,16 +15,16 @@ var Buckets = []float64{
 // observed by the code that makes them. Each observer is resolved once, here,
 // so observing costs no label lookup.
 type Latency struct {
-	RedisGet, RedisSet, RedisSetNegative prometheus.Observer // the read-through's Redis round trips
-	Postgres                             prometheus.Observer // every query through the pool
-	PostgresErrors                       prometheus.Counter  // queries and connection acquisitions that failed
+	RedisGet, RedisSet prometheus.Observer // the read-through's Redis round trips
+	Postgres           prometheus.Observer // every query through the pool
+	PostgresErrors     prometheus.Counter  // queries and connection acquisitions that failed
 }
 
 // NewLatency registers the histograms on reg.
 func NewLatency(reg prometheus.Registerer) (*Latency, error) {
 	redis := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: Namespace, Name: "redis_call_duration_seconds",
-		Help:    "Redis round trips of the read-through, by operation (get: a lookup not answered from process memory; set, set_negative: fills after a Postgres read).",
+		Help:    "Redis round trips of the read-through, by operation (get: a lookup not answered from process memory; set: a batch of fills after Postgres reads).",
 		Buckets: Buckets,
 	}, []string{"op"})
 	pg := prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -42,10 +42,9 @@ func NewLatency(reg prometheus.Registerer) (*Latency, error) {
 		}
 	}
 	return &Latency{
-		RedisGet:         redis.WithLabelValues("get"),
-		RedisSet:         redis.WithLabelValues("set"),
-		RedisSetNegative: redis.WithLabelValues("set_negative"),
-		Postgres:         pg,
-		PostgresErrors:   pgErrors,
+		RedisGet:       redis.WithLabelValues("get"),
+		RedisSet:       redis.WithLabelValues("set"),
+		Postgres:       pg,
+		PostgresErrors: pgErrors,
 	}, nil
 }

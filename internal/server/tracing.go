@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/exaring/otelpgx"
@@ -30,6 +31,7 @@ const (
 	attrSource = attribute.Key("sessiond.source")
 	attrLocal  = attribute.Key("sessiond.cache.local") // a Redis read answered from process memory
 	attrFound  = attribute.Key("sessiond.cache.found")
+	attrFills  = attribute.Key("db.operation.batch.size") // fills written in one round trip
 )
 
 var redisSystem = attribute.String("db.system.name", "redis")
@@ -169,20 +171,13 @@ func (c observedCache) Get(ctx context.Context, key string, timeout time.Duratio
 	return l, err
 }
 
-func (c observedCache) Set(ctx context.Context, key string, rec *tiers.Record, st tiers.Stamp) (tiers.WriteResult, error) {
+// SetFills is one span and one round trip for a batch of fills (see
+// ReadThrough's filler), under the trace of the first.
+func (c observedCache) SetFills(ctx context.Context, fills []tiers.Fill) ([]tiers.WriteResult, []error) {
 	ctx, span := c.start(ctx, "set")
 	start := time.Now()
-	res, err := c.Redis.Set(ctx, key, rec, st)
+	res, errs := c.Redis.SetFills(ctx, fills)
 	c.l.RedisSet.Observe(time.Since(start).Seconds())
-	end(span, err)
-	return res, err
-}
-
-func (c observedCache) SetNegative(ctx context.Context, key string, st tiers.Stamp) (tiers.WriteResult, error) {
-	ctx, span := c.start(ctx, "set_negative")
-	start := time.Now()
-	res, err := c.Redis.SetNegative(ctx, key, st)
-	c.l.RedisSetNegative.Observe(time.Since(start).Seconds())
-	end(span, err)
-	return res, err
+	end(span, errors.Join(errs...), attrFills.Int(len(fills)))
+	return res, errs
 }

@@ -22,8 +22,9 @@ type l1 interface {
 	Cached(ctx context.Context, key string) (l Lookup, ok bool)
 	// Get reads key; timeout bounds what waits for Redis.
 	Get(ctx context.Context, key string, timeout time.Duration) (Lookup, error)
-	Set(ctx context.Context, key string, rec *Record, st Stamp) (WriteResult, error)
-	SetNegative(ctx context.Context, key string, st Stamp) (WriteResult, error)
+	// SetFills caches what Postgres reads found, each under its own stamp
+	// (see Redis.SetFills).
+	SetFills(ctx context.Context, fills []Fill) ([]WriteResult, []error)
 }
 
 // l2 is what the read-through needs of the source of truth.
@@ -68,7 +69,8 @@ type Counters struct {
 	// under way because an invalidation was handled after it began.
 	Rereads atomic.Int64
 	// FillsDropped counts fills not made because maxFills were already
-	// under way (Redis slow): the next miss of those tokens reads again.
+	// queued or under way (Redis slow): the next miss of those tokens reads
+	// again.
 	FillsDropped atomic.Int64
 	// EarlyReads counts misses read from Postgres without asking Redis
 	// first (see earlyReads); EarlyReadsUnused those of a key Redis turned
@@ -78,10 +80,14 @@ type Counters struct {
 	answers          answerCounts // by reason and source, except negative hits (see Answered)
 }
 
-// maxFills bounds the fills under way at once: a fill runs after its
-// callers have their answer, and a Redis that stops answering must not pile
-// them up (each waits at most RedisTimeout).
+// maxFills bounds the fills queued or under way at once: a fill runs after
+// its callers have their answer, and a Redis that stops answering must not
+// pile them up (each write waits at most RedisTimeout).
 const maxFills = 1024
+
+// maxFillBatch bounds the fills of one SetFills: under a millisecond of
+// Redis's time.
+const maxFillBatch = 128
 
 // trustWait bounds how long a caller whose Postgres read failed waits for
 // the fence to trust the cache (see Validate).
@@ -116,8 +122,23 @@ type ReadThrough struct {
 
 	mu      sync.Mutex
 	flights map[string]*flight // the newest Postgres read per key, until its fill is done
-	fills   atomic.Int64       // under way
-	reads   sync.WaitGroup     // goroutines of flights, fills included
+	fills   atomic.Int64       // queued or under way
+	reads   sync.WaitGroup     // goroutines of flights and the filler
+
+	// Fills wait in queue for the filler (see queueFill); filling says
+	// whether it runs.
+	fillMu  sync.Mutex
+	queue   []queuedFill
+	filling bool
+}
+
+// queuedFill is a fill waiting for the filler: what flight f read, and the
+// context of the read (detached from its callers), whose trace the write
+// joins.
+type queuedFill struct {
+	ctx  context.Context
+	f    *flight
+	fill Fill
 }
 
 // flight is one Postgres read shared by concurrent misses of one key. It
@@ -362,7 +383,6 @@ func (e *earlyReads) observe(found bool) {
 // read runs one flight: the Postgres query, the answer, then the fill.
 func (rt *ReadThrough) read(ctx context.Context, f *flight, token, key string, gen int64) {
 	defer rt.reads.Done()
-	defer rt.forget(key, f)
 	// Taken before the read: a write of what it returns is refused if an
 	// invalidation came after this instant (see Redis.SetMany).
 	st := Stamp{ReadStart: time.Now(), Gen: gen}
@@ -385,18 +405,80 @@ func (rt *ReadThrough) read(ctx context.Context, f *flight, token, key string, g
 	if rt.fills.Add(1) > maxFills {
 		rt.fills.Add(-1)
 		rt.c.FillsDropped.Add(1)
+		rt.forget(key, f)
 		return
 	}
 	st.KeepCached = f.early
-	res := rt.fill(ctx, key, rec, st)
-	rt.fills.Add(-1)
-	if f.early && res != Failed {
-		// The fill is the early read's round trip to Redis: it found the
-		// key there (Kept) or not.
-		if res == Kept {
-			rt.c.EarlyReadsUnused.Add(1)
+	rt.queueFill(queuedFill{ctx: ctx, f: f, fill: Fill{Key: key, Record: rec, Stamp: st}})
+}
+
+// queueFill hands q to the filler: one goroutine that writes whatever
+// fills were queued while it wrote the last ones, up to maxFillBatch in one
+// SetFills (one round trip, one script call per slot), instead of a script
+// call per fill. A script call costs Redis and this process more than the
+// entry it writes: at 32 callers of never-seen tokens, fills one call each
+// cost a third of the throughput (docs/performance.md). The filler runs
+// while there is work and ends when the queue is empty, so nothing needs
+// stopping; Wait counts it. Its flights stay findable until their fills
+// have landed.
+func (rt *ReadThrough) queueFill(q queuedFill) {
+	rt.fillMu.Lock()
+	rt.queue = append(rt.queue, q)
+	start := !rt.filling
+	rt.filling = true
+	rt.fillMu.Unlock()
+	if start {
+		rt.reads.Add(1) // while the caller's own count holds: Wait cannot slip between
+		go rt.filler()
+	}
+}
+
+func (rt *ReadThrough) filler() {
+	defer rt.reads.Done()
+	var spare []queuedFill
+	for {
+		rt.fillMu.Lock()
+		batch := rt.queue
+		rt.queue = spare[:0]
+		if len(batch) == 0 {
+			rt.filling = false
+			rt.fillMu.Unlock()
+			return
 		}
-		rt.early.observe(res == Kept)
+		rt.fillMu.Unlock()
+		for i := 0; i < len(batch); i += maxFillBatch {
+			rt.writeFills(batch[i:min(i+maxFillBatch, len(batch))])
+		}
+		clear(batch) // let go of the records and contexts
+		spare = batch
+	}
+}
+
+// writeFills writes qs in one SetFills, bounded by RedisTimeout, under the
+// first one's context (its trace shows the batch).
+func (rt *ReadThrough) writeFills(qs []queuedFill) {
+	fills := make([]Fill, len(qs))
+	for i, q := range qs {
+		fills[i] = q.fill
+	}
+	ctx, cancel := context.WithTimeout(qs[0].ctx, rt.opts.RedisTimeout)
+	res, errs := rt.l1.SetFills(ctx, fills)
+	cancel()
+	rt.fills.Add(-int64(len(qs)))
+	for i, q := range qs {
+		if errs[i] != nil {
+			rt.c.Errors.Add(1)
+			rt.log.Debug("redis fill failed", "key", q.fill.Key, "error", errs[i])
+		}
+		if q.f.early && res[i] != Failed {
+			// The fill is the early read's round trip to Redis: it found
+			// the key there (Kept) or not.
+			if res[i] == Kept {
+				rt.c.EarlyReadsUnused.Add(1)
+			}
+			rt.early.observe(res[i] == Kept)
+		}
+		rt.forget(q.fill.Key, q.f)
 	}
 }
 
@@ -407,27 +489,4 @@ func (rt *ReadThrough) forget(key string, f *flight) {
 	if rt.flights[key] == f {
 		delete(rt.flights, key)
 	}
-}
-
-// fill caches what Postgres said: the session, or (when negative caching is
-// on) that there is none; Failed also when there is nothing to write.
-func (rt *ReadThrough) fill(ctx context.Context, key string, rec *Record, st Stamp) WriteResult {
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rt.opts.RedisTimeout)
-	defer cancel()
-	var res WriteResult
-	var err error
-	switch {
-	case rec != nil:
-		res, err = rt.l1.Set(wctx, key, rec, st)
-	case rt.opts.Negative:
-		res, err = rt.l1.SetNegative(wctx, key, st)
-	default:
-		return Failed
-	}
-	if err != nil {
-		rt.c.Errors.Add(1)
-		rt.log.Debug("redis fill failed", "key", key, "error", err)
-		return Failed
-	}
-	return res
 }

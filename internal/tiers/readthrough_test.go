@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,6 +23,9 @@ type fakeCache struct {
 	seq     atomic.Uint64 // invalidations handled
 	gate    chan struct{} // when non-nil, Get waits for it to close
 	sets    atomic.Int64  // fills written
+
+	fillGate atomic.Pointer[chan struct{}] // when set, SetFills waits for it to close
+	batches  []int                         // the fills of each SetFills
 }
 
 // Cached: the fake keeps nothing in process memory; every Get is a trip.
@@ -50,22 +54,32 @@ func (f *fakeCache) get(key string) *Record {
 	return f.m[key]
 }
 
-func (f *fakeCache) SetNegative(context.Context, string, Stamp) (WriteResult, error) {
-	return Skipped, nil
-}
-
-func (f *fakeCache) Set(_ context.Context, key string, rec *Record, st Stamp) (WriteResult, error) {
+// SetFills writes each fill's record (a negative is skipped), as the real
+// one does with KeepCached; while fillGate is set, it first waits for it.
+func (f *fakeCache) SetFills(_ context.Context, fills []Fill) ([]WriteResult, []error) {
+	if g := f.fillGate.Load(); g != nil {
+		<-*g
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.failing {
-		return Failed, errors.New("redis down")
+	f.batches = append(f.batches, len(fills))
+	res, errs := make([]WriteResult, len(fills)), make([]error, len(fills))
+	for i, fl := range fills {
+		_, held := f.m[fl.Key]
+		switch {
+		case f.failing:
+			res[i], errs[i] = Failed, errors.New("redis down")
+		case fl.Record == nil:
+			res[i] = Skipped
+		case held && fl.Stamp.KeepCached:
+			res[i] = Kept
+		default:
+			f.sets.Add(1)
+			f.m[fl.Key] = fl.Record
+			res[i] = Written
+		}
 	}
-	if _, ok := f.m[key]; ok && st.KeepCached {
-		return Kept, nil
-	}
-	f.sets.Add(1)
-	f.m[key] = rec
-	return Written, nil
+	return res, errs
 }
 
 // fakeTruth is an l2 that can hold every query until released. A query
@@ -223,6 +237,69 @@ func TestReadThroughCoalescesMisses(t *testing.T) {
 		if q := truth.queries.Load(); q != 1 {
 			t.Errorf("%d concurrent misses made %d postgres queries, want 1", callers, q)
 		}
+	})
+}
+
+// Fills queued while one is being written go to Redis together; a read
+// stays shared until its fill has landed; beyond maxFills, fills are
+// dropped and counted, and their tokens read again.
+func TestReadThroughBatchesFills(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		exp := time.Now().Add(time.Hour)
+		truth := &fakeTruth{rows: map[string]*Record{}}
+		toks := make([]string, 5)
+		for i := range toks {
+			toks[i] = fmt.Sprintf("tok%d", i)
+			truth.rows[toks[i]] = &Record{ID: toks[i], UserID: "u", ExpiresAt: exp}
+		}
+		cache := &fakeCache{m: map[string]*Record{}}
+		rt := newTestReadThrough(cache, truth, nil)
+		ctx := context.Background()
+		gate := make(chan struct{})
+		cache.fillGate.Store(&gate)
+		for _, tok := range toks { // the first fill is held; the others queue behind it
+			if res, err := rt.Validate(ctx, tok); err != nil || res.Record.ID != tok {
+				t.Fatal(res, err)
+			}
+			synctest.Wait()
+		}
+		if q := truth.queries.Load(); q != 5 {
+			t.Fatalf("%d queries, want 5", q)
+		}
+		if res, err := rt.Validate(ctx, toks[3]); err != nil || res.Source != SourcePostgres || res.Record.ID != toks[3] {
+			t.Fatal(res, err)
+		}
+		if q := truth.queries.Load(); q != 5 {
+			t.Errorf("a token whose fill has not landed was read again: %d queries, want 5", q)
+		}
+		// Beyond maxFills: dropped.
+		rt.fills.Add(maxFills - rt.fills.Load())
+		truth.set("over", &Record{ID: "over", UserID: "u", ExpiresAt: exp})
+		if _, err := rt.Validate(ctx, "over"); err != nil {
+			t.Fatal(err)
+		}
+		rt.fills.Add(-(maxFills - 5))
+		close(gate)
+		rt.Wait()
+		if got := cache.batches; !slices.Equal(got, []int{1, 4}) {
+			t.Errorf("fills per SetFills: %v, want [1 4]", got)
+		}
+		for _, tok := range toks {
+			if cache.get(Key(TokenHash(tok))) == nil {
+				t.Errorf("%s not filled", tok)
+			}
+		}
+		if d := rt.Counters().FillsDropped.Load(); d != 1 || cache.get(Key(TokenHash("over"))) != nil {
+			t.Errorf("dropped %d (over filled: %v), want 1, not filled", d, cache.get(Key(TokenHash("over"))) != nil)
+		}
+		if rt.fills.Load() != 0 {
+			t.Errorf("%d fills under way after Wait", rt.fills.Load())
+		}
+		before := truth.queries.Load()
+		if _, err := rt.Validate(ctx, "over"); err != nil || truth.queries.Load() != before+1 {
+			t.Errorf("a token whose fill was dropped: %v, %d queries; want read again", err, truth.queries.Load()-before)
+		}
+		rt.Wait()
 	})
 }
 

@@ -616,7 +616,7 @@ const (
 
 // Set caches rec under key; see SetMany.
 func (r *Redis) Set(ctx context.Context, key string, rec *Record, st Stamp) (WriteResult, error) {
-	res, errs := r.SetMany(ctx, []Entry{{key, rec}}, st)
+	res, errs := r.SetFills(ctx, []Fill{{key, rec, st}})
 	return res[0], errs[0]
 }
 
@@ -632,40 +632,87 @@ func (r *Redis) Set(ctx context.Context, key string, rec *Record, st Stamp) (Wri
 // decide (see Check) is not cached. It returns one result and one error (nil
 // unless Failed) per entry, and honours ctx's deadline.
 func (r *Redis) SetMany(ctx context.Context, entries []Entry, st Stamp) ([]WriteResult, []error) {
-	res := make([]WriteResult, len(entries))
-	errs := make([]error, len(entries))
-	c, err := r.Client()
-	if err != nil {
-		for i := range entries {
-			res[i], errs[i] = Failed, err
-		}
-		return res, errs
-	}
-	w := r.newWrites(c, st)
+	fills := make([]Fill, len(entries))
 	for i, e := range entries {
-		ttl := ttlFor(e.Record, st.ReadStart, r.opts.TTL, r.opts.NegativeTTL)
-		if ttl <= 0 || e.Key == "" || Check(e.Record, st.ReadStart) == ReasonUndecidable {
-			res[i] = Skipped
-			continue
-		}
-		w.add(i, e.Key, e.Record, st.ReadStart.Add(ttl))
+		fills[i] = Fill{e.Key, e.Record, st}
 	}
-	w.exec(ctx, res, errs)
-	return res, errs
+	return r.SetFills(ctx, fills)
 }
 
 // SetNegative caches "no such session" under key for the negative TTL,
 // unless the token was invalidated (a session created with it) after st.
 func (r *Redis) SetNegative(ctx context.Context, key string, st Stamp) (WriteResult, error) {
+	res, errs := r.SetFills(ctx, []Fill{{key, nil, st}})
+	return res[0], errs[0]
+}
+
+// Fill is one entry to cache: what a Postgres read begun at Stamp found.
+type Fill struct {
+	Key    string
+	Record *Record // nil: no such session (cached for the negative TTL)
+	Stamp  Stamp
+}
+
+// SetFills caches fills, each as SetMany (a record) or SetNegative (nil)
+// would with its own stamp, in one pipelined round trip. Fills of one
+// generation and KeepCached share script calls, whose refusal check is
+// against the earliest read start among them: for the others, stricter
+// than their own stamps ask, never looser.
+func (r *Redis) SetFills(ctx context.Context, fills []Fill) ([]WriteResult, []error) {
+	res := make([]WriteResult, len(fills))
+	errs := make([]error, len(fills))
 	c, err := r.Client()
 	if err != nil {
-		return Failed, err
+		for i := range fills {
+			res[i], errs[i] = Failed, err
+		}
+		return res, errs
 	}
-	res, errs := []WriteResult{0}, []error{nil}
-	w := r.newWrites(c, st)
-	w.add(0, key, nil, st.ReadStart.Add(r.opts.NegativeTTL))
-	w.exec(ctx, res, errs)
-	return res[0], errs[0]
+	type kind struct {
+		gen  int64
+		keep bool
+	}
+	var kinds []kind
+	earliest := map[kind]time.Time{}
+	for _, f := range fills {
+		k := kind{f.Stamp.Gen, f.Stamp.KeepCached}
+		t, ok := earliest[k]
+		if !ok {
+			kinds = append(kinds, k)
+		}
+		if !ok || f.Stamp.ReadStart.Before(t) {
+			earliest[k] = f.Stamp.ReadStart
+		}
+	}
+	ws := make([]*writes, len(kinds))
+	for j, k := range kinds {
+		w := r.newWrites(c, Stamp{ReadStart: earliest[k], Gen: k.gen, KeepCached: k.keep})
+		for i, f := range fills {
+			if f.Stamp.Gen != k.gen || f.Stamp.KeepCached != k.keep {
+				continue
+			}
+			at := f.Stamp.ReadStart
+			expireAt := at.Add(r.opts.NegativeTTL)
+			if f.Record != nil {
+				ttl := ttlFor(f.Record, at, r.opts.TTL, r.opts.NegativeTTL)
+				if ttl <= 0 || Check(f.Record, at) == ReasonUndecidable {
+					res[i] = Skipped
+					continue
+				}
+				expireAt = at.Add(ttl)
+			}
+			if f.Key == "" {
+				res[i] = Skipped
+				continue
+			}
+			w.add(i, f.Key, f.Record, expireAt, at)
+		}
+		ws[j] = w
+	}
+	for _, w := range ws {
+		w.exec(ctx, res, errs)
+	}
+	return res, errs
 }
 
 // errRefusedKey is an entry's error when Redis refused its key (of
@@ -678,7 +725,6 @@ type writes struct {
 	c      rueidis.Client
 	limit  string // read start less the margin (ms)
 	gen    int64
-	stamp  time.Time
 	buf    []byte
 	groups *groups
 }
@@ -695,17 +741,17 @@ func (r *Redis) newWrites(c rueidis.Client, st Stamp) *writes {
 	}
 	g := newGroups(c.Mode() == rueidis.ClientModeCluster, limit, keep)
 	g.max = 3 * maxWriteCall
-	return &writes{c: c, limit: limit, gen: st.Gen, stamp: st.ReadStart, groups: g}
+	return &writes{c: c, limit: limit, gen: st.Gen, groups: g}
 }
 
-// add queues the entry of rec (nil: negative) under key for the caller's
-// index i.
-func (w *writes) add(i int, key string, rec *Record, expireAt time.Time) {
+// add queues the entry of rec (nil: negative), read at readStart, under
+// key for the caller's index i.
+func (w *writes) add(i int, key string, rec *Record, expireAt, readStart time.Time) {
 	checkNew := tombKey(key)
 	if rec == nil {
 		checkNew = newTombKey(key)
 	}
-	w.buf = encodeEntry(w.buf[:0], w.gen, w.stamp, rec)
+	w.buf = encodeEntry(w.buf[:0], w.gen, readStart, rec)
 	w.groups.addEntry(hashTag(key), i, []string{strconv.FormatInt(expireAt.UnixMilli(), 10), string(w.buf)}, key, tombKey(key), checkNew)
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -264,6 +265,36 @@ func TestRedisWritesAfterInvalidation(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("fills of several stamps in one call", func(t *testing.T) {
+		if _, err := f.Apply(ctx, Batch{Keys: []string{k("m1"), k("m4")}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Set(ctx, k("m5"), rec, Stamp{ReadStart: now, Gen: 3}); err != nil {
+			t.Fatal(err)
+		}
+		fills := []Fill{
+			{k("m1"), rec, before}, // its token invalidated after its read: refused
+			{k("m2"), nil, after},  // a negative
+			{k("m3"), rec, after},  // nothing in the way
+			{k("m4"), rec, after},  // invalidated before its read, but beside m1: the call checks m1's read start
+			{k("m5"), rec, Stamp{ReadStart: after.ReadStart, Gen: 3, KeepCached: true}}, // held: kept
+		}
+		res, errs := r.SetFills(ctx, fills)
+		want := []WriteResult{Skipped, Written, Written, Skipped, Kept}
+		if !slices.Equal(res, want) || errors.Join(errs...) != nil {
+			t.Fatalf("results %v (%v), want %v", res, errs, want)
+		}
+		for _, key := range []string{k("m2"), k("m3")} {
+			b, err := raw.Do(ctx, raw.B().Get().Key(key).Build()).AsBytes()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h, _, err := decodeEntry(b); err != nil || h.readStart != after.ReadStart.UnixMilli() {
+				t.Errorf("entry read at %d (%v), want its own stamp's %d", h.readStart, err, after.ReadStart.UnixMilli())
+			}
+		}
+	})
 
 	t.Run("a user drop makes every entry of the user read before it unbelieved, and nothing else", func(t *testing.T) {
 		u := &Record{ID: "s8", UserID: "u8", ExpiresAt: now.Add(time.Hour), Email: "e"}
