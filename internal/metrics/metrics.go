@@ -87,7 +87,7 @@ func Register(reg prometheus.Registerer, src Source) error {
 	m.counter("invalidation_heartbeats_total", "Listener heartbeats heard (every instance sends one every 500 ms).", src.Heartbeats)
 	m.counter("distrusted_reads_total", "Validations that went to Postgres because the fence could not vouch for the cache.", c.Distrusted.Load)
 	m.counter("reread_total", "Callers who did not share a Postgres read under way because an invalidation was handled after it began.", c.Rereads.Load)
-	m.counter("fills_dropped_total", "Cache fills not made because too many were under way (Redis slow).", c.FillsDropped.Load)
+	m.counter("fills_dropped_total", "Cache fills not made because too many were queued or under way (Redis slow).", c.FillsDropped.Load)
 	m.counter("postgres_early_reads_total", "Misses read from Postgres without asking Redis first, while Redis rarely holds what this instance does not.", c.EarlyReads.Load)
 	m.counter("postgres_early_reads_unused_total", "Early Postgres reads of a key Redis turned out to hold (its fill left Redis's entry as it was).", c.EarlyReadsUnused.Load)
 
