@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -171,5 +173,28 @@ func TestHelp(t *testing.T) {
 		if err := Main(t.Context(), []string{cmd, "--help"}, &out, &errs); err == nil || !strings.Contains(errs.String(), "-duration") && cmd != "seed" {
 			t.Errorf("%s --help: err %v, output %q", cmd, err, errs.String())
 		}
+	}
+}
+
+// profiled writes one CPU profile per measurement, named for it, and
+// nothing when no directory is given.
+func TestProfiled(t *testing.T) {
+	dir := t.TempDir()
+	res, err := profiled(dir, "sessiond, no local cache-closed C=32-run1", func() (Result, error) { return Result{Calls: 7}, nil })
+	if err != nil || res.Calls != 7 {
+		t.Fatalf("%+v, %v", res, err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "sessiond__no_local_cache-closed_C_32-run1.pprof"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(b, []byte{0x1f, 0x8b}) { // a profile is gzipped protobuf
+		t.Errorf("not a profile: %d bytes starting %x", len(b), b[:min(len(b), 4)])
+	}
+	if _, err := profiled("", "x", func() (Result, error) { return Result{}, nil }); err != nil {
+		t.Fatal(err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("%d files, want 1", len(entries))
 	}
 }
