@@ -709,9 +709,13 @@ func (r *Redis) SetFills(ctx context.Context, fills []Fill) ([]WriteResult, []er
 		}
 		ws[j] = w
 	}
+	var execs []rueidis.LuaExec
+	var idx [][]int
 	for _, w := range ws {
-		w.exec(ctx, res, errs)
+		e, i := w.groups.execsWithEntries()
+		execs, idx = append(execs, e...), append(idx, i...)
 	}
+	writeCalls(ctx, c, execs, idx, res, errs)
 	return res, errs
 }
 
@@ -719,11 +723,10 @@ func (r *Redis) SetFills(ctx context.Context, fills []Fill) ([]WriteResult, []er
 // another type).
 var errRefusedKey = errors.New("redis write: a key of another type is in the way")
 
-// writes gathers the entries of a SetMany into script calls, one per slot
-// (everything is one call on a Redis that is not a cluster).
+// writes gathers the entries of one generation and KeepCached of a
+// SetFills into script calls, one per slot (everything is one call on a
+// Redis that is not a cluster).
 type writes struct {
-	c      rueidis.Client
-	limit  string // read start less the margin (ms)
 	gen    int64
 	buf    []byte
 	groups *groups
@@ -741,7 +744,7 @@ func (r *Redis) newWrites(c rueidis.Client, st Stamp) *writes {
 	}
 	g := newGroups(c.Mode() == rueidis.ClientModeCluster, limit, keep)
 	g.max = 3 * maxWriteCall
-	return &writes{c: c, limit: limit, gen: st.Gen, groups: g}
+	return &writes{gen: st.Gen, groups: g}
 }
 
 // add queues the entry of rec (nil: negative), read at readStart, under
@@ -755,12 +758,13 @@ func (w *writes) add(i int, key string, rec *Record, expireAt, readStart time.Ti
 	w.groups.addEntry(hashTag(key), i, []string{strconv.FormatInt(expireAt.UnixMilli(), 10), string(w.buf)}, key, tombKey(key), checkNew)
 }
 
-func (w *writes) exec(ctx context.Context, res []WriteResult, errs []error) {
-	execs, idx := w.groups.execsWithEntries()
+// writeCalls sends the write script calls in one pipelined round trip, and
+// sets the result (and error) of each call's entries: idx[n] are call n's.
+func writeCalls(ctx context.Context, c rueidis.Client, execs []rueidis.LuaExec, idx [][]int, res []WriteResult, errs []error) {
 	if len(execs) == 0 {
 		return
 	}
-	for n, r := range entryScript.execMulti(ctx, w.c, execs) {
+	for n, r := range entryScript.execMulti(ctx, c, execs) {
 		out, err := r.AsIntSlice()
 		if err == nil && len(out) != len(idx[n]) {
 			err = fmt.Errorf("%d results for %d entries", len(out), len(idx[n]))
