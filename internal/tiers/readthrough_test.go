@@ -418,17 +418,22 @@ func TestReadThroughEarlyReads(t *testing.T) {
 		rt := newTestReadThrough(cache, truth, nil)
 		ctx := context.Background()
 		c := rt.Counters()
+		// validating starts a Validate of tok; its answer comes on the channel.
+		validating := func(tok string) <-chan Result {
+			done := make(chan Result, 1)
+			go func() {
+				res, err := rt.Validate(ctx, tok)
+				if err != nil {
+					t.Error(err)
+				}
+				done <- res
+			}()
+			return done
+		}
 
 		// Off at start: Postgres is asked only once Redis has missed.
 		cache.gate, truth.gate = make(chan struct{}), make(chan struct{})
-		done := make(chan Result, 1)
-		go func() {
-			res, err := rt.Validate(ctx, "tok1")
-			if err != nil {
-				t.Error(err)
-			}
-			done <- res
-		}()
+		done := validating("tok1")
 		synctest.Wait()
 		if q := truth.queries.Load(); q != 0 {
 			t.Fatalf("at start: %d queries while Redis was asked; want 0", q)
@@ -453,14 +458,7 @@ func TestReadThroughEarlyReads(t *testing.T) {
 			t.Helper()
 			cache.gate = make(chan struct{})
 			defer func() { close(cache.gate); cache.gate = nil }()
-			done := make(chan Result, 1)
-			go func() {
-				res, err := rt.Validate(ctx, tok)
-				if err != nil {
-					t.Error(err)
-				}
-				done <- res
-			}()
+			done := validating(tok)
 			synctest.Wait()
 			time.Sleep(truth.delay) // the query's time passes; Redis is still held
 			synctest.Wait()
@@ -521,13 +519,7 @@ func TestReadThroughEarlyReads(t *testing.T) {
 		}
 		cache.gate, truth.gate = make(chan struct{}), make(chan struct{})
 		before := truth.queries.Load()
-		go func() {
-			res, err := rt.Validate(ctx, "tok4")
-			if err != nil {
-				t.Error(err)
-			}
-			done <- res
-		}()
+		done = validating("tok4")
 		synctest.Wait()
 		q := truth.queries.Load() - before
 		close(cache.gate)
