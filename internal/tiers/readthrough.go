@@ -200,12 +200,12 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 		l, err = rt.get(ctx, key)
 		rt.early.observe(err == nil && l.Found())
 	}
+	if err == nil {
+		if res, ok := rt.fromCache(l); ok {
+			return res, nil
+		}
+	}
 	switch {
-	case err == nil && l.Negative:
-		rt.c.NegativeHits.Add(1)
-		return Result{Reason: ReasonNotFound, Source: source(l.Local)}, nil
-	case err == nil && l.Record != nil:
-		return rt.hit(l), nil
 	case err != nil:
 		if ctx.Err() != nil {
 			return Result{}, ctx.Err()
@@ -231,12 +231,8 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 		// caller.
 		if errors.Is(err, ErrUnavailable) && (early != nil || l.Distrusted && rt.l1.AwaitTrust(ctx, trustWait)) {
 			if again, gerr := rt.get(ctx, key); gerr == nil && !again.Distrusted {
-				switch {
-				case again.Record != nil:
-					return rt.hit(again), nil
-				case again.Negative:
-					rt.c.NegativeHits.Add(1)
-					return Result{Reason: ReasonNotFound, Source: source(again.Local)}, nil
+				if res, ok := rt.fromCache(again); ok {
+					return res, nil
 				}
 			}
 		}
@@ -248,6 +244,19 @@ func (rt *ReadThrough) Validate(ctx context.Context, token string) (Result, erro
 		return Result{}, fmt.Errorf("%w: session %s has a NULL expires_at", ErrUnreadable, rec.ID)
 	}
 	return res, nil
+}
+
+// fromCache is the answer, counted, of a Lookup that found something (ok):
+// a cached "no such session", or a cached session under the rule.
+func (rt *ReadThrough) fromCache(l Lookup) (Result, bool) {
+	switch {
+	case l.Negative:
+		rt.c.NegativeHits.Add(1)
+		return Result{Reason: ReasonNotFound, Source: source(l.Local)}, true
+	case l.Record != nil:
+		return rt.hit(l), true
+	}
+	return Result{}, false
 }
 
 // Peek is what the cache alone would answer for token, as Validate would

@@ -684,35 +684,31 @@ func (r *Redis) SetFills(ctx context.Context, fills []Fill) ([]WriteResult, []er
 			earliest[k] = f.Stamp.ReadStart
 		}
 	}
-	ws := make([]*writes, len(kinds))
-	for j, k := range kinds {
-		w := r.newWrites(c, Stamp{ReadStart: earliest[k], Gen: k.gen, KeepCached: k.keep})
-		for i, f := range fills {
-			if f.Stamp.Gen != k.gen || f.Stamp.KeepCached != k.keep {
-				continue
-			}
-			at := f.Stamp.ReadStart
-			expireAt := at.Add(r.opts.NegativeTTL)
-			if f.Record != nil {
-				ttl := ttlFor(f.Record, at, r.opts.TTL, r.opts.NegativeTTL)
-				if ttl <= 0 || Check(f.Record, at) == ReasonUndecidable {
-					res[i] = Skipped
-					continue
-				}
-				expireAt = at.Add(ttl)
-			}
-			if f.Key == "" {
+	ws := make(map[kind]*writes, len(kinds))
+	for _, k := range kinds {
+		ws[k] = r.newWrites(c, Stamp{ReadStart: earliest[k], Gen: k.gen, KeepCached: k.keep})
+	}
+	for i, f := range fills {
+		at := f.Stamp.ReadStart
+		expireAt := at.Add(r.opts.NegativeTTL)
+		if f.Record != nil {
+			ttl := ttlFor(f.Record, at, r.opts.TTL, r.opts.NegativeTTL)
+			if ttl <= 0 || Check(f.Record, at) == ReasonUndecidable {
 				res[i] = Skipped
 				continue
 			}
-			w.add(i, f.Key, f.Record, expireAt, at)
+			expireAt = at.Add(ttl)
 		}
-		ws[j] = w
+		if f.Key == "" {
+			res[i] = Skipped
+			continue
+		}
+		ws[kind{f.Stamp.Gen, f.Stamp.KeepCached}].add(i, f.Key, f.Record, expireAt, at)
 	}
 	var execs []rueidis.LuaExec
 	var idx [][]int
-	for _, w := range ws {
-		e, i := w.groups.execsWithEntries()
+	for _, k := range kinds {
+		e, i := ws[k].groups.execsWithEntries()
 		execs, idx = append(execs, e...), append(idx, i...)
 	}
 	writeCalls(ctx, c, execs, idx, res, errs)
