@@ -72,7 +72,7 @@ func stats(ctx context.Context, addr, adminToken string) (*sessiondv1.GetStatsRe
 	return sessiondv1.NewSessionServiceClient(conn).GetStats(ctx, &sessiondv1.GetStatsRequest{})
 }
 
-// statsMisses is GetStats's cache.postgres_queries: the queries sessiond
+// statsMisses is GetStats's cache.postgres_queries: the lookups sessiond
 // sent to Postgres (concurrent misses for one token share one).
 func statsMisses(ctx context.Context, addr, adminToken string) (int64, error) {
 	st, err := stats(ctx, addr, adminToken)

@@ -43,11 +43,14 @@ type FloodReport struct {
 	TrickleBefore Result       `json:"trickle_before"`
 	TrickleDuring Result       `json:"trickle_during"`
 	// PostgresQueries is the growth of GetStats's cache.postgres_queries
-	// over the flood; DistinctTokens the never-seen tokens sent (each a
-	// fresh random 256-bit value, so every one is distinct).
+	// (lookups) over the flood; DistinctTokens the never-seen tokens sent
+	// (each a fresh random 256-bit value, so every one is distinct).
 	PostgresQueries int64   `json:"postgres_queries"`
 	DistinctTokens  int     `json:"distinct_tokens"`
 	QueriesPerToken float64 `json:"queries_per_token"`
+	// RoundTrips is the growth of cache.postgres_round_trips: the queries
+	// those lookups took (lookups under way at once share them).
+	RoundTrips int64 `json:"postgres_round_trips"`
 }
 
 // Flood measures sessiond (in process, every seeded session warmed, as in
@@ -121,7 +124,7 @@ func Flood(ctx context.Context, o FloodOptions) (rep FloodReport, err error) {
 		return rep, err
 	}
 	defer fc.close()
-	before, err := statsMisses(ctx, t.addr, "")
+	before, err := stats(ctx, t.addr, "")
 	if err != nil {
 		return rep, fmt.Errorf("GetStats: %w", err)
 	}
@@ -145,12 +148,13 @@ func Flood(ctx context.Context, o FloodOptions) (rep FloodReport, err error) {
 	if err := errors.Join(floodErr, trickleErr); err != nil {
 		return rep, err
 	}
-	after, err := statsMisses(ctx, t.addr, "")
+	after, err := stats(ctx, t.addr, "")
 	if err != nil {
 		return rep, fmt.Errorf("GetStats: %w", err)
 	}
 	rep.Flood.Scenario, rep.TrickleBefore.Scenario, rep.TrickleDuring.Scenario = "flood", "trickle, before", "trickle, during"
-	rep.PostgresQueries = after - before
+	rep.PostgresQueries = after.GetCache().GetPostgresQueries() - before.GetCache().GetPostgresQueries()
+	rep.RoundTrips = after.GetCache().GetPostgresRoundTrips() - before.GetCache().GetPostgresRoundTrips()
 	rep.DistinctTokens = rep.Flood.Kinds[KindUnknown.String()]
 	if rep.DistinctTokens > 0 {
 		rep.QueriesPerToken = float64(rep.PostgresQueries) / float64(rep.DistinctTokens)
@@ -231,7 +235,10 @@ func WriteFlood(w io.Writer, rep FloodReport) {
 	row := func(k, format string, a ...any) { fmt.Fprintf(w, "| %s | %s |\n", k, fmt.Sprintf(format, a...)) }
 	row("offered", "%.0f calls/s for %.1f s (%s)", rep.OfferedRate, f.Seconds, f.Mode)
 	row("sent / not sent in time", "%d / %d (%.0f calls/s answered)", f.Calls, f.Unsent, f.Throughput)
-	row("postgres queries per distinct token", "%.3f (%d queries, %d tokens)", rep.QueriesPerToken, rep.PostgresQueries, rep.DistinctTokens)
+	row("postgres lookups per distinct token", "%.3f (%d lookups, %d tokens)", rep.QueriesPerToken, rep.PostgresQueries, rep.DistinctTokens)
+	if rep.RoundTrips > 0 {
+		row("postgres queries those lookups took", "%d (%.2f lookups per query)", rep.RoundTrips, float64(rep.PostgresQueries)/float64(rep.RoundTrips))
+	}
 	row("latency from due time p50 / p99 / max", "%.3f / %.3f / %.3f ms", f.Latency.P50, f.Latency.P99, f.Latency.Max)
 	if f.Service != nil {
 		row("latency from send p50 / p99 / max", "%.3f / %.3f / %.3f ms", f.Service.P50, f.Service.P99, f.Service.Max)

@@ -225,11 +225,11 @@ func TestReports(t *testing.T) {
 	}
 
 	b.Reset()
-	WriteFlood(&b, FloodReport{Command: "sessionbench flood", OfferedRate: 50000, PostgresQueries: 900, DistinctTokens: 1000, QueriesPerToken: 0.9,
+	WriteFlood(&b, FloodReport{Command: "sessionbench flood", OfferedRate: 50000, PostgresQueries: 900, DistinctTokens: 1000, QueriesPerToken: 0.9, RoundTrips: 300,
 		Flood:         Result{Mode: "open R=50000/s", Calls: 1000, Unsent: 49000, Checked: true, Service: &Latency{P99: 2}},
 		TrickleBefore: Result{Scenario: "trickle, before", Checked: true},
 		TrickleDuring: Result{Scenario: "trickle, during", Checked: true, Service: &Latency{P50: 1, P99: 3}}})
-	for _, want := range []string{"| postgres queries per distinct token | 0.900 (900 queries, 1000 tokens) |", "| sent / not sent in time | 1000 / 49000", "| trickle, during |", "1.000 / 3.000"} {
+	for _, want := range []string{"| postgres lookups per distinct token | 0.900 (900 lookups, 1000 tokens) |", "| postgres queries those lookups took | 300 (3.00 lookups per query) |", "| sent / not sent in time | 1000 / 49000", "| trickle, during |", "1.000 / 3.000"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("flood report lacks %q:\n%s", want, b.String())
 		}

@@ -94,7 +94,7 @@ func startDirect(ctx context.Context, databaseURL string, poolSize int) (*target
 	if err != nil {
 		return nil, err
 	}
-	d := &directServer{pg: tiers.NewPostgres(pool, tiers.TokenStorageHash)}
+	d := &directServer{pg: tiers.NewPostgres(pool, tiers.PostgresOptions{Storage: tiers.TokenStorageHash})}
 	addr, stop, err := serveGRPC(d)
 	if err != nil {
 		pool.Close()

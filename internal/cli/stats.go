@@ -75,7 +75,7 @@ func printStats(w io.Writer, addr string, st *sessiondv1.GetStatsResponse, now t
 	line("Misses", "%d", c.GetMisses())
 	line("Errors", "%d%s", c.GetErrors(), errorsFlag(c.GetErrors(), ops))
 	line("Invalidations", "%d (notifications %d, resyncs %d)", c.GetInvalidations(), c.GetNotifications(), c.GetResyncs())
-	line("Postgres queries", "%d", c.GetPostgresQueries())
+	line("Postgres lookups", "%d (in %d queries)", c.GetPostgresQueries(), c.GetPostgresRoundTrips())
 	line("TTL", "%s", time.Duration(c.GetTtlSeconds())*time.Second)
 
 	p := st.GetPool()

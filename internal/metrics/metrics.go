@@ -34,6 +34,8 @@ type Source interface {
 	Activity() activity.Stats        // the last_activity_at write-behind
 	Pool() PoolStat                  // the Postgres pool now
 	PoolPending() int32              // callers acquiring a Postgres connection now
+	LookupQueries() int64            // queries the session lookups took (they may share one)
+	SlowLookupQueries() int64        // of those, the ones that gave up their place (see tiers.PostgresOptions)
 	Ready() bool                     // health is SERVING
 	RedisUp() bool                   // Redis answers a PING now (bounded by --redis-timeout)
 	Fence() *tiers.Fence             // the revocation fence: what the cache may be believed for
@@ -71,6 +73,8 @@ func Register(reg prometheus.Registerer, src Source) error {
 	m.gauge("cache_hit_ratio", "Share of validations answered from the cache (local, redis or negative) since start, 0 to 1.", func() float64 { return hitRatio(c) })
 	m.counter("redis_errors_total", "Redis calls of the read-through that failed or timed out; each read was answered from Postgres.", c.Errors.Load)
 	m.counter("postgres_reads_total", "Session lookups sent to Postgres (concurrent misses for one token share one).", c.PostgresReads.Load)
+	m.counter("postgres_lookup_queries_total", "Queries the session lookups took: lookups that arrive while --lookup-queries are under way share the next one.", src.LookupQueries)
+	m.counter("postgres_lookup_slow_queries_total", "Lookup queries still under way after 25 ms, whose place went to the lookups waiting (a stalled connection, a pool emptied by others).", src.SlowLookupQueries)
 	m.gauge("redis_up", "1 when Redis answers a PING within --redis-timeout at scrape time, else 0.", boolGauge(src.RedisUp))
 	m.gauge("ready", "1 when health is SERVING (startup warm ended, not shutting down), else 0.", boolGauge(src.Ready))
 

@@ -38,6 +38,8 @@ func (f *fakeSource) LastWarm() (warm.Progress, bool) { return f.last, !f.last.S
 func (f *fakeSource) Activity() activity.Stats        { return f.act }
 func (f *fakeSource) Pool() PoolStat                  { return fakePool{} }
 func (f *fakeSource) PoolPending() int32              { return 2 }
+func (f *fakeSource) LookupQueries() int64            { return 6 }
+func (f *fakeSource) SlowLookupQueries() int64        { return 1 }
 func (f *fakeSource) Ready() bool                     { return f.ready }
 func (f *fakeSource) RedisUp() bool                   { return true }
 
@@ -89,6 +91,8 @@ func TestRegister(t *testing.T) {
 		"sessiond_activity_written_total":                   7,
 		"sessiond_activity_pending":                         5,
 		"sessiond_postgres_pool_pending":                    2,
+		"sessiond_postgres_lookup_queries_total":            6,
+		"sessiond_postgres_lookup_slow_queries_total":       1,
 		"sessiond_invalidation_notifications_total":         4,
 		"sessiond_postgres_pool_max_connections":            8,
 		"sessiond_postgres_pool_acquire_wait_seconds_total": 0.0015,

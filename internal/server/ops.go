@@ -234,6 +234,8 @@ func (m metricsSource) LastWarm() (warm.Progress, bool) { return m.s.warmer.Last
 func (m metricsSource) Activity() activity.Stats        { return m.s.activity.Stats() }
 func (m metricsSource) Pool() metrics.PoolStat          { return m.s.pool.Stat() }
 func (m metricsSource) PoolPending() int32              { return m.s.waits.n.Load() }
+func (m metricsSource) LookupQueries() int64            { return m.s.pg.Queries() }
+func (m metricsSource) SlowLookupQueries() int64        { return m.s.pg.SlowQueries() }
 
 func (m metricsSource) Ready() bool {
 	return m.s.servingStatus(context.Background()) == healthpb.HealthCheckResponse_SERVING

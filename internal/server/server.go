@@ -51,6 +51,7 @@ type Server struct {
 	pool   *pgxpool.Pool
 	redis  *tiers.Redis
 	rt     *tiers.ReadThrough
+	pg     *tiers.Postgres
 	warmer *warm.Warmer
 	waits  *poolWaits
 	ops    *ops // metrics, ops endpoints, tracing, stream draining (ops.go)
@@ -141,7 +142,10 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Opt
 		Interval: cfg.ActivityInterval, Granularity: cfg.ActivityGranularity, MaxPending: cfg.ActivityMaxPending,
 		Timeout: cfg.PostgresTimeout + 3*time.Second,
 	}, log)
-	s.rt = tiers.NewReadThrough(o.observeCache(s.redis), tiers.NewPostgres(pool, tiers.TokenStorage(cfg.TokenStorage)),
+	s.pg = tiers.NewPostgres(pool, tiers.PostgresOptions{
+		Storage: tiers.TokenStorage(cfg.TokenStorage), Concurrent: min(cfg.LookupQueries, cfg.PoolSize),
+	})
+	s.rt = tiers.NewReadThrough(o.observeCache(s.redis), s.pg,
 		tiers.ReadThroughOptions{
 			RedisTimeout: cfg.RedisTimeout, PostgresTimeout: cfg.PostgresTimeout,
 			Negative: cfg.NegativeTTL > 0, Activity: s.activity,

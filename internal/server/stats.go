@@ -47,6 +47,7 @@ func (s *Server) stats() service.Stats {
 		Invalidations: s.redis.Fence().Invalidations(),
 		Misses:        c.Misses.Load(),
 		PostgresReads: c.PostgresReads.Load(),
+		LookupQueries: s.pg.Queries(),
 		Resyncs:       s.redis.Fence().Resyncs(),
 		Notifications: s.inval.Notifications(),
 		Errors:        c.Errors.Load(),

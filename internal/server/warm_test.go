@@ -539,6 +539,10 @@ func TestGetStatsCountsTraffic(t *testing.T) {
 	if c.GetHits() != 1 || c.GetMisses() != 3 || c.GetHitRate() != 25 || c.GetLocalHits()+c.GetRedisHits() != 1 || c.GetErrors() != 0 {
 		t.Errorf("cache stats %v, want 1 hit, 3 misses, 25%%", c)
 	}
+	// One at a time, each lookup is its own query.
+	if c.GetPostgresQueries() != 3 || c.GetPostgresRoundTrips() != 3 {
+		t.Errorf("postgres lookups %d in %d queries, want 3 in 3", c.GetPostgresQueries(), c.GetPostgresRoundTrips())
+	}
 	if !c.GetEnabled() || c.GetTtlSeconds() != 300 {
 		t.Errorf("enabled %v ttl %d", c.GetEnabled(), c.GetTtlSeconds())
 	}

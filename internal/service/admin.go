@@ -36,6 +36,7 @@ type Stats struct {
 	NegativeHits  int64
 	Misses        int64
 	PostgresReads int64
+	LookupQueries int64 // the queries they took (lookups may share one)
 	Resyncs       int64
 	Notifications int64
 	Errors        int64
@@ -109,7 +110,8 @@ func (s *Service) GetStats(ctx context.Context, _ *sessiondv1.GetStatsRequest) (
 			Enabled: st.CacheEnabled, HitRate: rate, Hits: hits, Misses: st.Misses, Errors: st.Errors,
 			Invalidations: st.Invalidations, TtlSeconds: int64(st.CacheTTL.Seconds()),
 			LocalHits: st.LocalHits, RedisHits: st.RedisHits, NegativeHits: st.NegativeHits,
-			PostgresQueries: st.PostgresReads, Resyncs: st.Resyncs, Notifications: st.Notifications,
+			PostgresQueries: st.PostgresReads, PostgresRoundTrips: st.LookupQueries,
+			Resyncs: st.Resyncs, Notifications: st.Notifications,
 		},
 		Pool: &sessiondv1.PoolStats{Size: st.PoolSize, Available: st.PoolAvailable, Pending: st.PoolPending},
 		Config: &sessiondv1.WarmingConfig{

@@ -36,7 +36,7 @@ func TestEarlyReadsAgainstRealServers(t *testing.T) {
 		}
 	}
 	r := trustedRedis(t, devtestRedisURL(t))
-	pg := NewPostgres(pool, TokenStorageHash)
+	pg := NewPostgres(pool, PostgresOptions{Storage: TokenStorageHash})
 	rt := NewReadThrough(r, pg, ReadThroughOptions{RedisTimeout: time.Second, PostgresTimeout: 5 * time.Second}, discard)
 	t.Cleanup(rt.Wait)
 

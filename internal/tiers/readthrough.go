@@ -61,7 +61,7 @@ type Counters struct {
 	NegativeHits  atomic.Int64 // "no such session" answers from a cached negative
 	Misses        atomic.Int64 // answers that needed Postgres
 	Errors        atomic.Int64 // Redis errors, each treated as a miss
-	PostgresReads atomic.Int64 // queries sent to Postgres (coalesced)
+	PostgresReads atomic.Int64 // lookups sent to Postgres, one per token at a time (see Postgres.Queries for the queries they took)
 	// Distrusted counts misses that went to Postgres because the fence
 	// could not vouch for the cache (see Fence.Trusted).
 	Distrusted atomic.Int64

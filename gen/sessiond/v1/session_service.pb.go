@@ -733,8 +733,8 @@ type CacheStats struct {
 	RedisHits int64 `protobuf:"varint,9,opt,name=redis_hits,json=redisHits,proto3" json:"redis_hits,omitempty"`
 	// Answers from a cached "no such session".
 	NegativeHits int64 `protobuf:"varint,10,opt,name=negative_hits,json=negativeHits,proto3" json:"negative_hits,omitempty"`
-	// Queries sent to Postgres by the read-through (concurrent misses for one
-	// token share one).
+	// Session lookups sent to Postgres by the read-through (concurrent misses
+	// for one token share one).
 	PostgresQueries int64 `protobuf:"varint,11,opt,name=postgres_queries,json=postgresQueries,proto3" json:"postgres_queries,omitempty"`
 	// Times this instance dropped everything cached (bumped the cache
 	// generation) because it could not vouch for it: its invalidation
@@ -742,8 +742,12 @@ type CacheStats struct {
 	Resyncs int64 `protobuf:"varint,12,opt,name=resyncs,proto3" json:"resyncs,omitempty"`
 	// Change notifications from the database triggers handled.
 	Notifications int64 `protobuf:"varint,13,opt,name=notifications,proto3" json:"notifications,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The queries those lookups took: lookups that arrive while
+	// --lookup-queries are under way share the next one, so this is at most
+	// postgres_queries.
+	PostgresRoundTrips int64 `protobuf:"varint,14,opt,name=postgres_round_trips,json=postgresRoundTrips,proto3" json:"postgres_round_trips,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *CacheStats) Reset() {
@@ -863,6 +867,13 @@ func (x *CacheStats) GetResyncs() int64 {
 func (x *CacheStats) GetNotifications() int64 {
 	if x != nil {
 		return x.Notifications
+	}
+	return 0
+}
+
+func (x *CacheStats) GetPostgresRoundTrips() int64 {
+	if x != nil {
+		return x.PostgresRoundTrips
 	}
 	return 0
 }
@@ -1354,7 +1365,7 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\askipped\x18\v \x01(\x05R\askipped\x12\x12\n" +
 	"\x04kept\x18\f \x01(\x05R\x04kept\x12\x14\n" +
 	"\x05phase\x18\r \x01(\tR\x05phase\"\x11\n" +
-	"\x0fGetStatsRequest\"\x9a\x03\n" +
+	"\x0fGetStatsRequest\"\xcc\x03\n" +
 	"\n" +
 	"CacheStats\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x19\n" +
@@ -1373,7 +1384,8 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	" \x01(\x03R\fnegativeHits\x12)\n" +
 	"\x10postgres_queries\x18\v \x01(\x03R\x0fpostgresQueries\x12\x18\n" +
 	"\aresyncs\x18\f \x01(\x03R\aresyncs\x12$\n" +
-	"\rnotifications\x18\r \x01(\x03R\rnotifications\"W\n" +
+	"\rnotifications\x18\r \x01(\x03R\rnotifications\x120\n" +
+	"\x14postgres_round_trips\x18\x0e \x01(\x03R\x12postgresRoundTrips\"W\n" +
 	"\tPoolStats\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\x05R\x04size\x12\x1c\n" +
 	"\tavailable\x18\x02 \x01(\x05R\tavailable\x12\x18\n" +
