@@ -283,11 +283,14 @@ func (p *Postgres) lookupShared(ws []*waiter) {
 	var scanErr pgx.ScanArgError
 	unreadable := errors.As(err, &scanErr)
 	for i, w := range ws {
-		if unreadable {
+		switch {
+		case unreadable:
 			// A row sessiond cannot read fails its own lookup only.
 			w.rec, w.err = p.lookup(ctx, w.arg)
-		} else {
-			w.rec, w.err = recs[i], err
+		case err != nil:
+			w.err = err
+		default:
+			w.rec = recs[i]
 		}
 		close(w.done)
 	}

@@ -227,6 +227,23 @@ func TestLookupsShareQueries(t *testing.T) {
 		waitFor(t, "all is done", func(s *sharing) bool { return s.busy == 0 && len(s.waiting) == 0 })
 	})
 
+	t.Run("a query that fails fails each lookup", func(t *testing.T) {
+		// A schema the lookup no longer fits (the failure of every query,
+		// as when Postgres refuses connections).
+		if _, err := pool.Exec(ctx, `ALTER TABLE platform.users RENAME COLUMN email TO mail`); err != nil {
+			t.Fatal(err)
+		}
+		answers := run(t, a, []string{b, unknown, a}, same(3), func() {})
+		if _, err := pool.Exec(ctx, `ALTER TABLE platform.users RENAME COLUMN mail TO email`); err != nil {
+			t.Fatal(err)
+		}
+		for i, got := range answers {
+			if got.err == nil || got.rec != nil {
+				t.Errorf("lookup %d: %+v, %v; want an error", i, got.rec, got.err)
+			}
+		}
+	})
+
 	t.Run("an unreadable row fails its own lookup only", func(t *testing.T) {
 		// banned_until becomes a number, which sessiond cannot read as a
 		// time: set for Ann alone, NULL (readable) for the others.
