@@ -112,11 +112,12 @@ type PostgresOptions struct {
 	// under way at once, not counting those slower than slowLookup (no
 	// more than the pool's size: more would wait for a connection anyway).
 	// Lookups that arrive meanwhile wait, and go together, up to
-	// maxLookupBatch of them, in one query when one under way ends. Under load Postgres then answers several lookups per
-	// round trip: a flood of unknown tokens, a cold start or a wave of
-	// logins costs it fewer queries. With fewer lookups at once than
-	// Concurrent, none waits and each is its own query, as with 0 (what a
-	// team without sessiond runs: see package bench).
+	// maxLookupBatch of them, in one query when one under way ends. Under
+	// load Postgres then answers several lookups per round trip: a flood
+	// of unknown tokens, a cold start or a wave of logins costs it fewer
+	// queries. With fewer lookups at once than Concurrent, none waits and
+	// each is its own query, as with 0 (what a team without sessiond
+	// runs: see package bench).
 	Concurrent int
 }
 
