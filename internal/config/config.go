@@ -96,9 +96,10 @@ func Default() Config {
 		PostgresTimeout:  2 * time.Second,
 		PoolSize:         8,
 		// Two lookup queries at once, the rest sharing the next: on the
-		// 2-core machine of docs/performance.md, misses at 32 callers went
-		// from 0.84× direct Postgres (8 at once, no sharing to speak of)
-		// to 1.18×, with a third of the queries. See PostgresOptions.
+		// 2-core machine of docs/performance.md, never-seen tokens at 32
+		// callers ran at 0.82× direct Postgres without sharing, 0.84× with
+		// 4 at once and 1.18× with 2, in a third of the queries (medians
+		// of 3). See tiers.PostgresOptions.
 		LookupQueries:   2,
 		WarmOnStart:     true,
 		WarmCount:       1000,
