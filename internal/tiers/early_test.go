@@ -1,8 +1,6 @@
 package tiers
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"testing"
 	"time"
 
@@ -20,14 +18,7 @@ func TestEarlyReadsAgainstRealServers(t *testing.T) {
 	if err := schema.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
-	token := func() string {
-		var b [32]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			t.Fatal(err)
-		}
-		return hex.EncodeToString(b[:])
-	}
-	fresh, held := token(), token()
+	fresh, held := newToken(t), newToken(t)
 	for _, tok := range []string{fresh, held} {
 		if _, err := pool.Exec(ctx, `WITH u AS (INSERT INTO platform.users (id, email) VALUES (gen_random_uuid(), 'e@example.test') RETURNING id)
 			INSERT INTO platform.user_sessions (id, user_id, token, expires_at, last_activity_at)
@@ -56,7 +47,7 @@ func TestEarlyReadsAgainstRealServers(t *testing.T) {
 	}
 
 	for range earlyWindow {
-		res, err := rt.Validate(ctx, token())
+		res, err := rt.Validate(ctx, newToken(t))
 		if err != nil || res.Reason != ReasonNotFound {
 			t.Fatal(res, err)
 		}

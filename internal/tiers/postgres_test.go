@@ -22,24 +22,9 @@ import (
 // failing its caller.
 func TestLookupAfterAColumnChangesType(t *testing.T) {
 	ctx := t.Context()
-	cfg, err := pgxpool.ParseConfig(devtest.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.MaxConns = 1 // the connection that prepared the statement is the one asked again
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if err := schema.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	var b [32]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
-	}
-	tok := hex.EncodeToString(b[:])
+	// One connection: the one that prepared the statement is the one asked again.
+	pool := onePool(t)
+	tok := newToken(t)
 	if _, err := pool.Exec(ctx, `WITH u AS (INSERT INTO platform.users (id, email) VALUES (gen_random_uuid(), 'm@example.test') RETURNING id)
 		INSERT INTO platform.user_sessions (id, user_id, token, expires_at, last_activity_at, user_agent)
 		SELECT gen_random_uuid(), u.id, $1, now() + interval '1 hour', now(), 'Mozilla/5.0' FROM u`, TokenHash(tok)); err != nil {
@@ -64,29 +49,11 @@ func TestLookupAfterAColumnChangesType(t *testing.T) {
 // the queue alone, and a row sessiond cannot read fails its own lookup only.
 func TestLookupsShareQueries(t *testing.T) {
 	ctx := t.Context()
-	cfg, err := pgxpool.ParseConfig(devtest.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.MaxConns = 1 // held by each case, so that the first lookup's query waits
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if err := schema.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	token := func() string {
-		var b [32]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			t.Fatal(err)
-		}
-		return hex.EncodeToString(b[:])
-	}
+	// One connection, held by each case, so that the first lookup's query waits.
+	pool := onePool(t)
 	want := map[string]string{} // token: session id, "" for none
 	session := func(firstName any) string {
-		tok := token()
+		tok := newToken(t)
 		var id string
 		if err := pool.QueryRow(ctx, `WITH u AS (INSERT INTO platform.users (id, email, first_name) VALUES (gen_random_uuid(), 's@example.test', $2) RETURNING id)
 			INSERT INTO platform.user_sessions (id, user_id, token, expires_at, last_activity_at)
@@ -96,7 +63,7 @@ func TestLookupsShareQueries(t *testing.T) {
 		want[tok] = id
 		return tok
 	}
-	a, b, named, unknown := session(nil), session(nil), session("Ann"), token()
+	a, b, named, unknown := session(nil), session(nil), session("Ann"), newToken(t)
 	want[unknown] = ""
 	pg := NewPostgres(pool, PostgresOptions{Storage: TokenStorageHash, Concurrent: 1})
 	// Cases but the last hold the first's query as long as they need.
@@ -261,4 +228,33 @@ func TestLookupsShareQueries(t *testing.T) {
 			check(t, got)
 		}
 	})
+}
+
+// onePool is a pool of one connection on a fresh, migrated database.
+func onePool(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(devtest.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := schema.Migrate(t.Context(), pool); err != nil {
+		t.Fatal(err)
+	}
+	return pool
+}
+
+// newToken is a random token of the usual shape (64 hex digits).
+func newToken(t *testing.T) string {
+	t.Helper()
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b[:])
 }
