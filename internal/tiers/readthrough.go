@@ -392,8 +392,9 @@ func (e *earlyReads) observe(found bool) {
 // read runs one flight: the Postgres query, the answer, then the fill.
 func (rt *ReadThrough) read(ctx context.Context, f *flight, token, key string, gen int64) {
 	defer rt.reads.Done()
-	// Taken before the read: a write of what it returns is refused if an
-	// invalidation came after this instant (see Redis.SetMany).
+	// Taken before the read, and before any wait to share its query (see
+	// Postgres.Lookup): a write of what it returns is refused if an
+	// invalidation came after this instant (see Redis.SetFills).
 	st := Stamp{ReadStart: time.Now(), Gen: gen}
 	qctx, cancel := context.WithTimeout(ctx, rt.opts.PostgresTimeout)
 	rt.c.PostgresReads.Add(1)
