@@ -419,6 +419,9 @@ func TestCachedAnswersOnlyFromProcessMemory(t *testing.T) {
 	if _, err := r.Set(ctx, k("held"), rec, Stamp{ReadStart: now, Gen: gen}); err != nil {
 		t.Fatal(err)
 	}
+	// Set may have dialled a connection, which the fence distrusts until it
+	// is verified (and Cached then answers "distrusted").
+	waitTrusted(t, r.Fence(), true)
 	if l, ok := r.Cached(ctx, k("held")); ok {
 		t.Fatalf("never read: Cached answered %+v", l)
 	}
