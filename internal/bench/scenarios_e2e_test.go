@@ -48,6 +48,10 @@ func TestWarmEndToEnd(t *testing.T) {
 				t.Errorf("%s: master %s holds no key", r.Engine, m.Addr)
 			}
 		}
+		// The test's Postgres runs here: its processes' CPU is read.
+		if r.PostgresCPUSeconds == nil || *r.PostgresCPUSeconds < 0 || r.WarmerCPUSeconds < 0 {
+			t.Errorf("%s: CPU s Postgres %v, warmer %v; want both read", r.Engine, r.PostgresCPUSeconds, r.WarmerCPUSeconds)
+		}
 		if want := map[string]int{EngineSingle: 1, EngineCluster: 3}[r.Engine]; len(r.Masters) != want {
 			t.Errorf("%s: %d masters, want %d", r.Engine, len(r.Masters), want)
 		}

@@ -192,9 +192,16 @@ func TestReports(t *testing.T) {
 	var b bytes.Buffer
 	WriteWarm(&b, WarmReport{Command: "sessionbench warm --sessions 10", Results: []WarmResult{
 		{Engine: "cluster", Found: 9, Warmed: 9, Seconds: 0.5, PerSecond: 18, BytesPerSession: 387.4, RedisCPUSeconds: 0.25,
-			Masters: []MasterStat{{Keys: 3}, {Keys: 2}, {Keys: 4}}},
+			PostgresCPUSeconds: new(0.1), WarmerCPUSeconds: 0.4, Masters: []MasterStat{{Keys: 3}, {Keys: 2}, {Keys: 4}}},
+		{Engine: "given", Found: 9, Warmed: 9, Seconds: 0.5, PerSecond: 18, BytesPerSession: 345, RedisCPUSeconds: 0.2,
+			WarmerCPUSeconds: 0.3, Masters: []MasterStat{{Keys: 9}}},
 	}})
-	for _, want := range []string{"command: `sessionbench warm --sessions 10`", "| cluster | 9 | 9 | 0.50 | 18 | 387 | 0.25 | 3 / 2 / 4 |", "≤ 400 B/session"} {
+	for _, want := range []string{
+		"command: `sessionbench warm --sessions 10`",
+		"| cluster | 9 | 9 | 0.50 | 18 | 387 | 0.25 / 0.10 / 0.40 | 3 / 2 / 4 |",
+		"| given | 9 | 9 | 0.50 | 18 | 345 | 0.20 / ? / 0.30 | 9 |", // Postgres on another machine
+		"≤ 400 B/session",
+	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("warm report lacks %q:\n%s", want, b.String())
 		}

@@ -57,6 +57,15 @@ type WarmResult struct {
 	// RedisCPUSeconds is the CPU time (user+sys) every master spent during
 	// the run, summed: beside Seconds it says whether Redis was the limit.
 	RedisCPUSeconds float64 `json:"redis_cpu_seconds"`
+	// PostgresCPUSeconds is what the Postgres server's processes spent
+	// (see postgresCPU); nil when Postgres does not run on this machine.
+	PostgresCPUSeconds *float64 `json:"postgres_cpu_seconds,omitempty"`
+	// WarmerCPUSeconds is what this process spent: sessiond's warm code
+	// reading the rows, encoding the entries and writing them. With the
+	// other two it says where the run's time went: on a machine with
+	// fewer cores than the three processes keep busy, their sum over
+	// Seconds is how many cores the run had.
+	WarmerCPUSeconds float64 `json:"warmer_cpu_seconds"`
 }
 
 // MeasureWarm warms the sessions of the database behind pool into the
@@ -110,6 +119,14 @@ func MeasureWarm(ctx context.Context, pool *pgxpool.Pool, redisURL string, o War
 		Count: o.Count, BatchSize: o.BatchSize, BatchDelay: o.Delay, Window: o.Window,
 		Timeout: 30 * time.Minute, Storage: tiers.TokenStorageHash,
 	}, log)
+	pgBefore, pgLocal, err := postgresCPU(ctx, pool)
+	if err != nil {
+		return WarmResult{}, err
+	}
+	ownBefore, err := processCPU()
+	if err != nil {
+		return WarmResult{}, err
+	}
 	start := time.Now()
 	run, _ := w.Start(warm.Request{}, true)
 	select {
@@ -118,8 +135,23 @@ func MeasureWarm(ctx context.Context, pool *pgxpool.Pool, redisURL string, o War
 		return WarmResult{}, ctx.Err()
 	}
 	took := time.Since(start)
+	ownAfter, err := processCPU()
+	if err != nil {
+		return WarmResult{}, err
+	}
 	p := run.Snapshot()
-	res := WarmResult{Found: p.Total, Warmed: p.Warmed, Failed: p.Failed, Skipped: p.Skipped, Seconds: took.Seconds()}
+	res := WarmResult{Found: p.Total, Warmed: p.Warmed, Failed: p.Failed, Skipped: p.Skipped, Seconds: took.Seconds(),
+		WarmerCPUSeconds: ownAfter - ownBefore}
+	if pgLocal {
+		pgAfter, ok, err := postgresCPU(ctx, pool)
+		if err != nil {
+			return res, err
+		}
+		if ok {
+			spent := cpuSpent(pgBefore, pgAfter)
+			res.PostgresCPUSeconds = &spent
+		}
+	}
 	if p.Outcome != warm.Completed || p.Failed > 0 {
 		return res, fmt.Errorf("warm %s: %d warmed, %d failed of %d: %w", p.Outcome, p.Warmed, p.Failed, p.Total, p.Err)
 	}

@@ -101,7 +101,7 @@ the default run takes about 3 minutes; --sessions 100000 about 15 s.`, stderr)
 			return fmt.Errorf("%s: %w", engine, err)
 		}
 		rep.Results = append(rep.Results, res)
-		progress("%s: %d warmed in %.2f s: %.0f sessions/s, %.0f B/session, Redis CPU %.2f s", engine, res.Warmed, res.Seconds, res.PerSecond, res.BytesPerSession, res.RedisCPUSeconds)
+		progress("%s: %d warmed in %.2f s: %.0f sessions/s, %.0f B/session, CPU s Redis / Postgres / warmer %s", engine, res.Warmed, res.Seconds, res.PerSecond, res.BytesPerSession, cpuSplit(res))
 		return nil
 	}
 	if *redisURL != "" {
@@ -133,15 +133,25 @@ the default run takes about 3 minutes; --sessions 100000 about 15 s.`, stderr)
 func WriteWarm(w io.Writer, rep WarmReport) {
 	fmt.Fprintf(w, "command: `%s`\n\nseeded: %s\nbatch size %d, delay %s, window %s\n\n", rep.Command, summaryLine(rep.Seed),
 		rep.Options.BatchSize, rep.Options.Delay, rep.Options.Window)
-	fmt.Fprintln(w, "| engine | warmable | warmed | seconds | sessions/s | Redis B/session | Redis CPU s (all masters) | keys per master (DBSIZE) |")
+	fmt.Fprintln(w, "| engine | warmable | warmed | seconds | sessions/s | Redis B/session | CPU s: Redis (all masters) / Postgres / warmer | keys per master (DBSIZE) |")
 	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 	for _, r := range rep.Results {
 		keys := make([]string, len(r.Masters))
 		for i, m := range r.Masters {
 			keys[i] = fmt.Sprintf("%d", m.Keys)
 		}
-		fmt.Fprintf(w, "| %s | %d | %d | %.2f | %.0f | %.0f | %.2f | %s |\n", r.Engine, r.Found, r.Warmed, r.Seconds, r.PerSecond,
-			r.BytesPerSession, r.RedisCPUSeconds, strings.Join(keys, " / "))
+		fmt.Fprintf(w, "| %s | %d | %d | %.2f | %.0f | %.0f | %s | %s |\n", r.Engine, r.Found, r.Warmed, r.Seconds, r.PerSecond,
+			r.BytesPerSession, cpuSplit(r), strings.Join(keys, " / "))
 	}
 	fmt.Fprintf(w, "\ntargets (issue 9): ≥ %d sessions/s, ≤ %d B/session with Redis's defaults\n", TargetWarmPerSecond, TargetWarmBytesPerSession)
+}
+
+// cpuSplit is a run's CPU seconds, Redis / Postgres / warmer ("?" for a
+// Postgres on another machine).
+func cpuSplit(r WarmResult) string {
+	pg := "?"
+	if r.PostgresCPUSeconds != nil {
+		pg = fmt.Sprintf("%.2f", *r.PostgresCPUSeconds)
+	}
+	return fmt.Sprintf("%.2f / %s / %.2f", r.RedisCPUSeconds, pg, r.WarmerCPUSeconds)
 }

@@ -21,7 +21,8 @@ func TestMain(m *testing.M) { devtest.Main(m) }
 // BenchmarkWarm warms every warmable session of a seeded database (N from
 // $WARM_BENCH_SESSIONS, default 100,000 seeded) into an empty Redis, with
 // delay 0 and the batch size of $WARM_BENCH_BATCH (default 1,000), and
-// reports sessions/s, Redis bytes per warmed session (used_memory delta) and
+// reports sessions/s, Redis bytes per warmed session (used_memory delta),
+// the CPU seconds Redis, Postgres and the warmer (this process) spent, and
 // the test process's peak RSS. The measurement is bench.MeasureWarm, the
 // one `sessionbench warm` makes (which also seeds, and runs on a cluster).
 //
@@ -60,6 +61,10 @@ func BenchmarkWarm(b *testing.B) {
 	b.ReportMetric(res.PerSecond, "sessions/s")
 	b.ReportMetric(res.BytesPerSession, "redis-B/session")
 	b.ReportMetric(res.RedisCPUSeconds, "redis-cpu-s")
+	b.ReportMetric(res.WarmerCPUSeconds, "warmer-cpu-s")
+	if res.PostgresCPUSeconds != nil {
+		b.ReportMetric(*res.PostgresCPUSeconds, "postgres-cpu-s")
+	}
 	b.ReportMetric(peakRSSMiB(b), "peak-RSS-MiB")
 }
 
