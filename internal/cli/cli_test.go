@@ -437,6 +437,7 @@ func TestStats(t *testing.T) {
 			"   Hit rate:          75%   ⚠️  warning: below 80%\n",
 			"   Misses:            1\n",
 			"   Errors:            0 (0% of answers)\n",
+			"   Postgres lookups:  1 (in 1 query)\n", // the miss
 			"   TTL:               5m0s\n",
 			"   Default count:     1000\n",
 			"   Batch size:        100\n",

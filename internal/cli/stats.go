@@ -75,7 +75,11 @@ func printStats(w io.Writer, addr string, st *sessiondv1.GetStatsResponse, now t
 	line("Misses", "%d", c.GetMisses())
 	line("Errors", "%d%s", c.GetErrors(), errorsFlag(c.GetErrors(), ops))
 	line("Invalidations", "%d (notifications %d, resyncs %d)", c.GetInvalidations(), c.GetNotifications(), c.GetResyncs())
-	line("Postgres lookups", "%d (in %d queries)", c.GetPostgresQueries(), c.GetPostgresRoundTrips())
+	queries := "queries"
+	if c.GetPostgresRoundTrips() == 1 {
+		queries = "query"
+	}
+	line("Postgres lookups", "%d (in %d %s)", c.GetPostgresQueries(), c.GetPostgresRoundTrips(), queries)
 	line("TTL", "%s", time.Duration(c.GetTtlSeconds())*time.Second)
 
 	p := st.GetPool()
