@@ -743,8 +743,10 @@ type CacheStats struct {
 	// Change notifications from the database triggers handled.
 	Notifications int64 `protobuf:"varint,13,opt,name=notifications,proto3" json:"notifications,omitempty"`
 	// The queries those lookups took: lookups that arrive while
-	// --lookup-queries are under way share the next one, so this is at most
-	// postgres_queries.
+	// --lookup-queries are under way share the next one, so under load this
+	// is below postgres_queries. A query sent again counts again: after a
+	// migration made the prepared statement stale, or when a shared query
+	// met a row sessiond cannot read and its lookups were each asked alone.
 	PostgresRoundTrips int64 `protobuf:"varint,14,opt,name=postgres_round_trips,json=postgresRoundTrips,proto3" json:"postgres_round_trips,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
